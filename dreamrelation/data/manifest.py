@@ -1,0 +1,45 @@
+"""The clip manifest: which clips a relation trains on, and why every other clip was dropped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ClipRecord(BaseModel):
+    """One selected clip and the facts later stages need without reopening the dataset."""
+
+    clip_id: str = Field(description="NTU clip name, e.g. S001C002P003R001A058")
+    relation: str = Field(description="Relation id, e.g. A058")
+    video: str = Field(description="Path or URL of the RGB video")
+    skeleton: str = Field(description="Path or URL of the .skeleton file")
+    frames: int = Field(description="Frames in the source video")
+    fps: float = Field(description="Frame rate of the source video")
+    width: int = Field(description="Source width in pixels")
+    height: int = Field(description="Source height in pixels")
+    caption: str | None = Field(default=None, description="Training caption (set by write_captions)")
+
+
+class DroppedClip(BaseModel):
+    """A clip of the requested relation that was not selected, with the reason."""
+
+    clip_id: str
+    reason: str
+
+
+class Manifest(BaseModel):
+    """Selection result for one relation (written by select_clips, captioned by write_captions)."""
+
+    relation: str = Field(description="Relation id")
+    relation_name: str = Field(description="Human-readable relation name")
+    dataset_root: str = Field(description="Dataset root the clips were selected from")
+    clips: list[ClipRecord] = Field(default_factory=list)
+    dropped: list[DroppedClip] = Field(default_factory=list)
+    available: int = Field(0, description="Clips that passed every filter before sampling")
+    config: dict[str, Any] = Field(default_factory=dict, description="Selection config used")
+    fingerprint: str = Field("", description="Fingerprint of the selection")
+
+    @property
+    def clip_ids(self) -> list[str]:
+        return [clip.clip_id for clip in self.clips]

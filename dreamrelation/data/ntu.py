@@ -1,0 +1,78 @@
+"""NTU RGB+D naming: the `SsssCcccPpppRrrrAaaa` clip names and their files (METHOD.md §8)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
+_FILE = re.compile(r"^(S\d{3}C\d{3}P\d{3}R\d{3}A\d{3})(_rgb\.avi|_rgb\.mp4|\.mp4|\.avi|\.skeleton)$")
+VIDEO_SUFFIXES = ("_rgb.avi", "_rgb.mp4", ".mp4", ".avi")
+SKELETON_SUFFIX = ".skeleton"
+
+
+class ClipNameError(ValueError):
+    """A file or clip name that is not an NTU `SsssCcccPpppRrrrAaaa` name."""
+
+
+@dataclass(frozen=True, order=True)
+class ClipName:
+    """The five fields of an NTU clip name; `str()` gives the canonical 20-character name."""
+
+    setup: int
+    camera: int
+    performer: int
+    replication: int
+    action: int
+
+    def __str__(self) -> str:
+        return (
+            f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}"
+            f"R{self.replication:03d}A{self.action:03d}"
+        )
+
+    @property
+    def relation(self) -> str:
+        """The action as a relation id, e.g. 'A058'."""
+        return f"A{self.action:03d}"
+
+
+def parse_clip_name(name: str) -> ClipName:
+    """Parse `S001C002P003R001A058` (no extension); raise ClipNameError naming the bad part."""
+    match = _NAME.fullmatch(name)
+    if not match:
+        raise ClipNameError(
+            f"{name!r} is not an NTU clip name: expected SsssCcccPpppRrrrAaaa, e.g. S001C002P003R001A058"
+        )
+    clip = ClipName(*(int(g) for g in match.groups()))
+    if not 1 <= clip.camera <= 3:
+        raise ClipNameError(f"{name!r}: camera C{clip.camera:03d} is outside C001-C003")
+    if not 1 <= clip.replication <= 2:
+        raise ClipNameError(f"{name!r}: replication R{clip.replication:03d} is outside R001-R002")
+    if not 1 <= clip.action <= 120:
+        raise ClipNameError(f"{name!r}: action A{clip.action:03d} is outside A001-A120")
+    if clip.setup == 0 or clip.performer == 0:
+        raise ClipNameError(f"{name!r}: setup and performer numbers start at 1")
+    return clip
+
+
+def parse_file_name(file_name: str) -> tuple[ClipName, str]:
+    """Split an NTU file name into its clip name and kind ('video' or 'skeleton')."""
+    base = file_name.rsplit("/", 1)[-1]
+    match = _FILE.match(base)
+    if not match:
+        raise ClipNameError(
+            f"{base!r} is not an NTU file name: expected SsssCcccPpppRrrrAaaa followed by "
+            "_rgb.avi, _rgb.mp4, .mp4, .avi or .skeleton"
+        )
+    stem, suffix = match.groups()
+    return parse_clip_name(stem), ("skeleton" if suffix == SKELETON_SUFFIX else "video")
+
+
+def normalize_relation_id(value: str | int) -> str:
+    """'58', 58, 'a58', 'A058' -> 'A058'. Ids of user relations (not A + digits) pass unchanged."""
+    text = str(value).strip()
+    digits = text[1:] if text[:1] in "aA" else text
+    if digits.isdigit():
+        return f"A{int(digits):03d}"
+    return text

@@ -1,0 +1,189 @@
+"""Video I/O and the preprocessing every stage shares (METHOD.md §1 and §8).
+
+A training clip is: decode -> centre-crop to the target aspect (848:480 by default) ->
+resize -> resample to 30 fps -> keep the first N frames with N = 6k + 1 (the causal VAE
+compresses time by T_c = 6, so N frames give (N - 1) / 6 + 1 latent frames).
+The same crop/resize is applied to masks (`crop_box`, `resize_frames`), so a pixel of a
+mask stays on the pixel of the frame it belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO
+
+import av
+import cv2
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+TEMPORAL_COMPRESSION = 6
+
+
+class VideoConfig(BaseModel):
+    """Target format of training clips (METHOD.md §1: 61 frames, 480x848, 30 fps)."""
+
+    num_frames: int = Field(61, description="Frames per clip; must be 6k+1 (61 -> 11 latent frames)")
+    height: int = Field(480, description="Height in pixels after crop/resize (multiple of 16)")
+    width: int = Field(848, description="Width in pixels after crop/resize (multiple of 16)")
+    fps: float = Field(30.0, description="Frame rate clips are resampled to")
+    aspect: float = Field(848 / 480, description="Width/height of the centre crop taken before resizing")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _six_k_plus_one(cls, value: int) -> int:
+        latent_frames(value)
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value <= 0 or value % 16:
+            raise ValueError(f"{value} is not a positive multiple of 16")
+        return value
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: unreadable, empty or too short. The message names it."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a clip's container says about it."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def latent_frames(num_frames: int) -> int:
+    """Latent frames f = (F - 1) / 6 + 1 for a clip of F = 6k + 1 frames (METHOD.md §1)."""
+    if num_frames < 1 or (num_frames - 1) % TEMPORAL_COMPRESSION:
+        raise ValueError(f"{num_frames} frames is not of the form 6k+1 (e.g. 25, 49, 61)")
+    return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
+
+
+def probe_video(path: str | Path | IO[bytes]) -> VideoInfo:
+    """Read frame count, frame rate and size from the container (decoding if it has no count)."""
+    try:
+        with av.open(path if hasattr(path, "read") else str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+            frames = stream.frames or sum(1 for _ in container.decode(stream))
+            return VideoInfo(frames, fps, stream.codec_context.width, stream.codec_context.height)
+    except (av.error.FFmpegError, IndexError, OSError) as exc:
+        raise VideoError(f"cannot read video {path}: {exc}") from exc
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode every frame as RGB uint8 (T, H, W, 3) and return it with the frame rate."""
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except (av.error.FFmpegError, IndexError, OSError) as exc:
+        raise VideoError(f"cannot read video {path}: {exc}") from exc
+    if not frames:
+        raise VideoError(f"video {path} has no decodable frames")
+    return np.stack(frames), fps
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
+    """Write RGB uint8 frames (T, H, W, 3): H.264 for .mp4, Motion-JPEG for .avi.
+
+    The file is written under a temporary name and renamed, so a crash never leaves a
+    truncated video under the final name.
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_video expects uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    codec, pix_fmt, options = {
+        ".mp4": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
+        ".avi": ("mjpeg", "yuvj420p", {}),
+    }.get(path.suffix.lower(), (None, None, None))
+    if codec is None:
+        raise ValueError(f"unsupported video extension {path.suffix!r} for {path} (use .mp4 or .avi)")
+    height, width = frames.shape[1:3]
+    if codec == "libx264" and (height % 2 or width % 2):
+        raise ValueError(f"H.264 needs even frame sizes, got {width}x{height} for {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
+
+
+def crop_box(height: int, width: int, aspect: float) -> tuple[int, int, int, int]:
+    """Centre crop (top, left, crop_h, crop_w) of a height x width image to width/height = aspect."""
+    if width / height > aspect:
+        crop_w, crop_h = round(height * aspect), height
+    else:
+        crop_w, crop_h = width, round(width / aspect)
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Source frame index for each output frame when converting src_fps to dst_fps (nearest earlier)."""
+    duration = num_frames / src_fps
+    count = int(np.floor(duration * dst_fps + 1e-6))
+    return np.minimum(np.floor(np.arange(count) * src_fps / dst_fps + 1e-6).astype(int), num_frames - 1)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    """Resize (T, H, W[, C]) frames; area averaging for images, nearest for label masks."""
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+
+
+def preprocess_frames(
+    frames: np.ndarray,
+    src_fps: float,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float = 30.0,
+    aspect: float = 848 / 480,
+    nearest: bool = False,
+    name: str = "clip",
+) -> np.ndarray:
+    """Resample to `fps`, keep the first `num_frames`, centre-crop to `aspect`, resize.
+
+    Works on RGB frames (T, H, W, 3) and on masks (T, H, W) or (T, H, W, K) alike, so masks
+    follow their video exactly; pass nearest=True for label masks.
+    """
+    latent_frames(num_frames)  # validates 6k+1
+    index = resample_indices(len(frames), src_fps, fps)
+    if len(index) < num_frames:
+        raise VideoError(
+            f"{name} is too short: {len(index)} frames at {fps:g} fps, {num_frames} needed"
+        )
+    frames = frames[index[:num_frames]]
+    top, left, crop_h, crop_w = crop_box(frames.shape[1], frames.shape[2], aspect)
+    frames = frames[:, top : top + crop_h, left : left + crop_w]
+    return resize_frames(np.ascontiguousarray(frames), height, width, nearest=nearest)
+
+
+def load_clip(
+    path: str | Path,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float = 30.0,
+    aspect: float = 848 / 480,
+) -> np.ndarray:
+    """Decode and preprocess one clip to uint8 (num_frames, height, width, 3)."""
+    frames, src_fps = read_video(path)
+    return preprocess_frames(frames, src_fps, num_frames, height, width, fps, aspect, name=str(path))

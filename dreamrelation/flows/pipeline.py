@@ -1,0 +1,65 @@
+"""The per-relation pipeline: six stage flows in DAG order, and the demo over several relations."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from dreamrelation.config import DEMO_RELATIONS, PipelineConfig
+from dreamrelation.data.ntu import normalize_relation_id
+from dreamrelation.data.relations import get_relation, load_relation_table
+from dreamrelation.flows.encode_latents import encode_latents_flow
+from dreamrelation.flows.evaluate import evaluate_flow
+from dreamrelation.flows.make_masks import make_masks_flow
+from dreamrelation.flows.select_clips import select_clips_flow
+from dreamrelation.flows.train_relation import train_relation_flow
+from dreamrelation.flows.write_captions import write_captions_flow
+from dreamrelation.plan import STAGES
+from dreamrelation.tasks.common import StageResult
+
+STAGE_FLOWS = {
+    "select_clips": select_clips_flow,
+    "write_captions": write_captions_flow,
+    "encode_latents": encode_latents_flow,
+    "make_masks": make_masks_flow,
+    "train_relation": train_relation_flow,
+    "evaluate": evaluate_flow,
+}
+assert tuple(STAGE_FLOWS) == STAGES
+
+
+@flow(name="relation-pipeline", log_prints=True)
+def relation_pipeline(
+    relation: str = "A058",
+    config: PipelineConfig = PipelineConfig(),
+    force: bool = False,
+    stop_after: str | None = None,
+) -> list[StageResult]:
+    """Run every stage for one relation; finished stages are skipped (their artifacts are reused).
+
+    `stop_after` ends the run after the named stage (e.g. `make_masks` on a CPU-only machine).
+    """
+    relation = normalize_relation_id(relation)
+    get_relation(relation, load_relation_table(config.relations_file))  # fail fast on an unknown id
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
+    results = []
+    for name, stage_flow in STAGE_FLOWS.items():
+        results.append(stage_flow(relation=relation, config=config, force=force))
+        if name == stop_after:
+            break
+    return results
+
+
+@flow(name="demo", log_prints=True)
+def demo_flow(
+    relations: list[str] = DEMO_RELATIONS,
+    config: PipelineConfig = PipelineConfig(),
+    force: bool = False,
+) -> dict[str, list[StageResult]]:
+    """The embedded default: synthetic NTU data + tiny models, the whole DAG for a few relations."""
+    logger = get_run_logger()
+    results = {}
+    for relation in relations:
+        results[relation] = relation_pipeline(relation=relation, config=config, force=force)
+        logger.info("demo: relation %s finished", relation)
+    return results

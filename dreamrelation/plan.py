@@ -1,0 +1,70 @@
+"""Artifact keys of every stage of one relation, derived from the config alone (DESIGN.md).
+
+Each stage's fingerprint hashes its own config, the fingerprints of the stages it reads and a
+per-stage code version, so any stage can be rerun alone (on another machine, from a URL):
+the keys of its inputs are recomputed from the same config, never passed in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dreamrelation.config import PipelineConfig
+from dreamrelation.data.store import fingerprint
+
+STAGES = ("select_clips", "write_captions", "encode_latents", "make_masks", "train_relation", "evaluate")
+
+# Bump a stage's version when its code changes what it writes; old artifacts are then not reused.
+CODE_VERSIONS = {
+    "select_clips": "1",
+    "write_captions": "1",
+    "encode_latents": "1",
+    "make_masks": "1",
+    "train_relation": "1",
+    "evaluate": "1",
+}
+
+
+@dataclass(frozen=True)
+class StageArtifact:
+    """Where one stage of one relation writes, and the fingerprint that names it."""
+
+    stage: str
+    relation: str
+    fingerprint: str
+    key: str
+
+
+def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtifact]:
+    """Keys of all six stages of `relation` under `config`, in DAG order."""
+    base = f"relations/{relation}"
+    fps: dict[str, str] = {}
+
+    def stage(name: str, stage_config: object, inputs: list[str], key: str) -> StageArtifact:
+        fps[name] = fingerprint(name, stage_config, [relation, *inputs], CODE_VERSIONS[name])
+        return StageArtifact(name, relation, fps[name], f"{base}/{key.format(fp=fps[name])}")
+
+    select_cfg = {"select": config.select, "video": config.video, "synthetic": config.synthetic}
+    plan = {"select_clips": stage("select_clips", select_cfg, [], "manifest-{fp}.json")}
+    plan["write_captions"] = stage(
+        "write_captions", config.captions, [fps["select_clips"]], "captions-{fp}"
+    )
+    plan["encode_latents"] = stage(
+        "encode_latents",
+        {"latents": config.latents, "model": config.model, "video": config.video},
+        [fps["write_captions"]],
+        "latents-{fp}",
+    )
+    plan["make_masks"] = stage(
+        "make_masks", {"masks": config.masks, "video": config.video}, [fps["select_clips"]], "masks-{fp}.zarr"
+    )
+    plan["train_relation"] = stage(
+        "train_relation",
+        {"train": config.train, "model": config.model},
+        [fps["encode_latents"], fps["make_masks"]],
+        "runs/train-{fp}",
+    )
+    plan["evaluate"] = stage(
+        "evaluate", {"evaluate": config.evaluate, "model": config.model}, [fps["train_relation"]], "runs/eval-{fp}"
+    )
+    return plan

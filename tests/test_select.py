@@ -1,0 +1,81 @@
+import pytest
+
+from dreamrelation.data.relations import get_relation
+from dreamrelation.data.select import SelectConfig, SelectionError, select_clips
+from dreamrelation.data.video import VideoConfig
+
+VIDEO = VideoConfig(num_frames=25, height=96, width=160, aspect=160 / 96)
+
+
+def _select(root, relation="A058", **kwargs):
+    return select_clips(get_relation(relation), SelectConfig(dataset_root=str(root), **kwargs), VIDEO)
+
+
+def test_selection_is_deterministic_and_seed_dependent(synthetic_root):
+    a = _select(synthetic_root, clips_per_relation=3, seed=1)
+    b = _select(synthetic_root, clips_per_relation=3, seed=1)
+    assert a.clip_ids == b.clip_ids and len(a.clip_ids) == 3
+    assert a.clip_ids == sorted(a.clip_ids)
+    assert all(c.relation == "A058" for c in a.clips)
+    seeds = {tuple(_select(synthetic_root, clips_per_relation=3, seed=s).clip_ids) for s in range(6)}
+    assert len(seeds) > 1
+
+
+def test_every_faulty_clip_is_dropped_with_its_reason(synthetic_root):
+    manifest = _select(synthetic_root, clips_per_relation=5)
+    assert manifest.available == 5 and len(manifest.clips) == 5
+    reasons = [d.reason for d in manifest.dropped]
+    assert len(reasons) == 3
+    assert any(r.startswith("no .skeleton file") for r in reasons)
+    assert any(r.startswith("two tracked bodies in only") for r in reasons)
+    assert any(r.startswith("too short:") and "25 needed" in r for r in reasons)
+    clip = manifest.clips[0]
+    assert (clip.width, clip.height, clip.fps) == (320, 180, 30.0)
+    assert clip.video.endswith("_rgb.avi") and clip.skeleton.endswith(".skeleton")
+
+
+def test_unsampled_usable_clips_are_listed(synthetic_root):
+    manifest = _select(synthetic_root, clips_per_relation=2)
+    assert sum(d.reason == "usable, not sampled" for d in manifest.dropped) == 3
+
+
+@pytest.mark.parametrize("field, value, attr", [("cameras", [1], "camera"), ("setups", [1], "setup"), ("performers", [1, 2], "performer")])
+def test_filters(synthetic_root, field, value, attr):
+    from dreamrelation.data.ntu import parse_clip_name
+
+    manifest = _select(synthetic_root, clips_per_relation=1, on_shortage="take_all", **{field: value})
+    kept = [getattr(parse_clip_name(c.clip_id), attr) for c in manifest.clips]
+    assert kept and all(v in value for v in kept)
+    assert any(d.reason.startswith(f"{attr} ") and "not in the requested" for d in manifest.dropped) or manifest.available == 5
+
+
+def test_too_many_requested(synthetic_root, caplog):
+    with pytest.raises(SelectionError, match=r"A058 has 5 usable clip\(s\), 50 requested; 3 dropped: .*take_all"):
+        _select(synthetic_root, clips_per_relation=50)
+    manifest = _select(synthetic_root, clips_per_relation=50, on_shortage="take_all")
+    assert len(manifest.clips) == 5
+    assert "only 5 usable clips, taking all" in caplog.text
+
+
+def test_empty_and_missing_roots(tmp_path):
+    with pytest.raises(SelectionError, match="contains no NTU clips"):
+        _select(tmp_path)
+    with pytest.raises(SelectionError, match="does not exist"):
+        _select(tmp_path / "nope")
+
+
+def test_relation_without_clips(synthetic_root):
+    with pytest.raises(SelectionError, match="no clips of relation A059"):
+        _select(synthetic_root, relation="A059")
+
+
+def test_corrupt_video_is_dropped_with_reason(tmp_path, synthetic_root):
+    import shutil
+
+    root = tmp_path / "ntu"
+    shutil.copytree(synthetic_root, root)
+    victim = sorted((root / "nturgb+d_rgb").glob("*A112_rgb.avi"))[0]
+    victim.write_bytes(b"not a video at all" * 100)
+    manifest = _select(root, relation="A112", clips_per_relation=1)
+    dropped = {d.clip_id: d.reason for d in manifest.dropped}
+    assert dropped[victim.name.removesuffix("_rgb.avi")].startswith("unreadable video: cannot read video")

@@ -1,0 +1,96 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import zarr
+
+from dreamrelation.data.store import ArtifactMissingError, ArtifactStore, fingerprint, zarr_location
+
+
+def test_fingerprint_depends_on_config_inputs_and_code():
+    base = fingerprint("select_clips", {"k": 20}, ["A058"], "1")
+    assert base == fingerprint("select_clips", {"k": 20}, ["A058"], "1")
+    assert len(base) == 16
+    assert base != fingerprint("select_clips", {"k": 21}, ["A058"], "1")
+    assert base != fingerprint("select_clips", {"k": 20}, ["A059"], "1")
+    assert base != fingerprint("select_clips", {"k": 20}, ["A058"], "2")
+
+
+def test_json_round_trip_and_marker(tmp_path):
+    store = ArtifactStore(tmp_path)
+    uri = store.write_json("relations/A058/manifest-x.json", {"a": 1}, meta={"fingerprint": "x"})
+    assert uri == f"{tmp_path.resolve()}/relations/A058/manifest-x.json"
+    assert store.is_complete("relations/A058/manifest-x.json")
+    assert store.read_json("relations/A058/manifest-x.json") == {"a": 1}
+    assert store.marker("relations/A058/manifest-x.json")["fingerprint"] == "x"
+    assert store.list("relations/A058") == ["relations/A058/manifest-x.json"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.write("relations/A058/latents-x") as tmp:
+            zarr.open_group(zarr_location(tmp), mode="w").create_array("a", shape=(2,), dtype="f4")
+            raise RuntimeError("boom")
+    assert not store.is_complete("relations/A058/latents-x")
+    assert list((tmp_path / "relations" / "A058").iterdir()) == []
+    with pytest.raises(ArtifactMissingError, match="missing or incomplete"):
+        store.read_json("relations/A058/latents-x")
+
+
+def test_write_killed_before_marker_is_never_complete(tmp_path):
+    """A process killed (no cleanup at all) after moving data but before the marker."""
+    script = textwrap.dedent(
+        f"""
+        import os
+        from dreamrelation.data.store import ArtifactStore
+        store = ArtifactStore({str(tmp_path)!r})
+        store.fs.mv = lambda src, dst, recursive=False: (os.rename(src, dst), os._exit(9))
+        with store.write("k.json") as tmp:
+            open(tmp, "w").write("{{}}")
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    store = ArtifactStore(tmp_path)
+    assert (tmp_path / "k.json").exists()  # the data landed ...
+    assert not store.is_complete("k.json")  # ... but it is not readable as complete
+    with pytest.raises(ArtifactMissingError):
+        store.read_json("k.json")
+    store.write_json("k.json", {"ok": True})  # a rerun replaces it
+    assert store.read_json("k.json") == {"ok": True}
+
+
+def test_killed_mid_write_leaves_only_a_partial(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os
+        from dreamrelation.data.store import ArtifactStore
+        with ArtifactStore({str(tmp_path)!r}).write("k.json") as tmp:
+            open(tmp, "w").write("{{half")
+            os._exit(9)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    assert not (tmp_path / "k.json").exists()
+    assert not ArtifactStore(tmp_path).is_complete("k.json")
+
+
+def test_rewrite_replaces_previous(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.write_json("k.json", {"v": 1})
+    store.write_json("k.json", {"v": 2})
+    assert store.read_json("k.json") == {"v": 2}
+    assert json.loads((tmp_path / "k.json.complete.json").read_text())["key"] == "k.json"
+
+
+def test_fsspec_url_root_with_zarr():
+    store = ArtifactStore("memory://dr-test/root")
+    with store.write("relations/A058/masks-x.zarr") as tmp:
+        assert tmp.startswith("memory://")
+        group = zarr.open_group(zarr_location(tmp), mode="w")
+        group.create_array("m", shape=(3,), dtype="i4")[:] = [1, 2, 3]
+    uri = store.require("relations/A058/masks-x.zarr")
+    assert uri == "memory://dr-test/root/relations/A058/masks-x.zarr"
+    assert zarr.open_group(zarr_location(uri), mode="r")["m"][:].tolist() == [1, 2, 3]
