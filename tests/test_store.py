@@ -94,3 +94,25 @@ def test_fsspec_url_root_with_zarr():
     uri = store.require("relations/A058/masks-x.zarr")
     assert uri == "memory://dr-test/root/relations/A058/masks-x.zarr"
     assert zarr.open_group(zarr_location(uri), mode="r")["m"][:].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("root", ["local", "memory://dr-inplace/root"])
+def test_in_place_artifacts_keep_progress_across_failures(tmp_path, root):
+    store = ArtifactStore(tmp_path / "store" if root == "local" else root)
+    key = "relations/A058/runs/train-x"
+    with pytest.raises(RuntimeError, match="killed"):
+        with store.write_in_place(key, cache_dir=tmp_path / "work") as folder:
+            (folder / "step-10").mkdir()
+            (folder / "step-10" / "state.pt").write_text("ten")
+            raise RuntimeError("killed")
+    assert not store.is_complete(key)
+    assert store.fs.exists(store.path(key) + "/step-10/state.pt")  # progress survives the failure
+    if root != "local":
+        import shutil
+
+        shutil.rmtree(tmp_path / "work")  # another machine: nothing cached locally
+    with store.write_in_place(key, {"summary": {"steps": 20}}, cache_dir=tmp_path / "work") as folder:
+        assert (folder / "step-10" / "state.pt").read_text() == "ten"  # resumed from it
+        (folder / "lora.safetensors").write_text("done")
+    assert store.is_complete(key) and store.marker(key)["summary"] == {"steps": 20}
+    assert store.fs.exists(store.path(key) + "/lora.safetensors")

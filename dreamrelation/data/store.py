@@ -121,6 +121,38 @@ class ArtifactStore:
             if self.fs.exists(tmp_path):
                 self.fs.rm(tmp_path, recursive=True)
             raise
+        self._write_marker(key, meta)
+
+    @contextmanager
+    def write_in_place(
+        self, key: str, meta: dict[str, Any] | None = None, cache_dir: str | os.PathLike[str] = ".dreamrelation/work"
+    ) -> Iterator[Path]:
+        """Yield a local folder for a resumable artifact (training runs, evaluations).
+
+        Unlike `write`, what is already there is kept, so a rerun resumes from it (checkpoints,
+        generated videos). Local roots write straight into `key`; remote roots work in a local
+        mirror that is downloaded first and uploaded when the block ends, failed or not.
+        The marker is written only when the block succeeds.
+        """
+        marker = self.path(key) + MARKER_SUFFIX
+        if self.fs.exists(marker):
+            self.fs.rm(marker)
+        if self.is_local:
+            folder = Path(self.path(key))
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = Path(cache_dir) / hashlib.sha256(self.uri(key).encode()).hexdigest()[:16]
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.fs.exists(self.path(key)):
+                self.fs.get(self.path(key) + "/", str(folder) + "/", recursive=True)
+        try:
+            yield folder
+        finally:
+            if not self.is_local:
+                self.fs.put(str(folder) + "/", self.path(key) + "/", recursive=True)
+        self._write_marker(key, meta)
+
+    def _write_marker(self, key: str, meta: dict[str, Any] | None) -> None:
         record = {"key": key, "written_at": datetime.now(timezone.utc).isoformat(), **(meta or {})}
         with self.fs.open(self.path(key) + MARKER_SUFFIX, "w") as handle:
             json.dump(record, handle, indent=2, default=str)
