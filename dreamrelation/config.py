@@ -1,8 +1,11 @@
 """The pipeline config: one pydantic model holding every stage's config (the UI form).
 
 `PipelineConfig()` is the embedded default, the `demo` profile: a synthetic NTU-format dataset
-and tiny random models on CPU. `configs/mochi-1.yaml` is real use. `load_config` reads a preset
-name or a YAML file and applies `key.path=value` overrides.
+and tiny random models on CPU. `paper_defaults()` is the other base: every stage at the paper's
+settings (METHOD.md) and no synthetic data. A YAML file names its base (`base: demo` or
+`base: paper`, default demo) and lists only what differs; `load_config` deep-merges the file
+and then `key.path=value` overrides onto that base, so a partial section keeps the base's
+other fields.
 """
 
 from __future__ import annotations
@@ -60,6 +63,36 @@ class PipelineConfig(BaseModel):
     evaluate: EvalConfig = Field(default_factory=EvalConfig.demo, description="Evaluation")
 
 
+def paper_defaults() -> dict[str, Any]:
+    """The real-use base: every sub-config at its class defaults (the paper's settings)."""
+    return {
+        "root": "./artifacts",
+        "synthetic": None,
+        "video": VideoConfig().model_dump(mode="json"),
+        "select": SelectConfig().model_dump(mode="json"),
+        "captions": CaptionConfig().model_dump(mode="json"),
+        "model": BaseModelConfig(profile="mochi-1").model_dump(mode="json"),
+        "latents": LatentConfig().model_dump(mode="json"),
+        "masks": MaskConfig().model_dump(mode="json"),
+        "train": TrainConfig().model_dump(mode="json"),
+        "evaluate": EvalConfig().model_dump(mode="json"),
+    }
+
+
+BASES = {"demo": lambda: PipelineConfig().model_dump(mode="json"), "paper": paper_defaults}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
@@ -71,7 +104,10 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load a preset name (`demo`, `mochi-1`) or YAML path, then apply `a.b=value` overrides (YAML values)."""
+    """Load a preset name (`demo`, `mochi-1`) or YAML path, then apply `a.b=value` overrides (YAML values).
+
+    Overrides may also set `base=paper` when no file is given.
+    """
     data: dict[str, Any] = {}
     if source is not None:
         path = Path(source)
@@ -88,7 +124,10 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
             raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.steps=100")
         key, value = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(value))
+    base_name = data.pop("base", "demo")
+    if base_name not in BASES:
+        raise ConfigError(f"config {source}: base must be one of {', '.join(BASES)}, got {base_name!r}")
     try:
-        return PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(_merge(BASES[base_name](), data))
     except ValidationError as exc:
         raise ConfigError(f"invalid config {source or '(defaults)'}:\n{exc}") from None

@@ -56,7 +56,7 @@ def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtif
         "latents-{fp}",
     )
     plan["make_masks"] = stage(
-        "make_masks", {"masks": config.masks, "video": config.video}, [fps["select_clips"]], "masks-{fp}.zarr"
+        "make_masks", {"masks": config.masks, "video": config.video}, [fps["select_clips"]], "masks-{fp}"
     )
     plan["train_relation"] = stage(
         "train_relation",

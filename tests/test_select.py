@@ -56,7 +56,7 @@ def test_filters(synthetic_root, field, attr):
 
 
 def test_too_many_requested(synthetic_root, caplog):
-    with pytest.raises(SelectionError, match=r"A058 has 5 usable clip\(s\), 50 requested; 3 dropped: .*take_all"):
+    with pytest.raises(SelectionError, match=r"A058 has 5 usable clip\(s\), 50 requested \(3 dropped: .*take_all"):
         _select(synthetic_root, clips_per_relation=50)
     manifest = _select(synthetic_root, clips_per_relation=50, on_shortage="take_all")
     assert len(manifest.clips) == 5

@@ -141,9 +141,10 @@ def select_clips(relation: Relation, config: SelectConfig, video: VideoConfig) -
     if not usable or (len(usable) < wanted and config.on_shortage == "error"):
         reasons = "; ".join(f"{d.clip_id}: {d.reason}" for d in dropped[:5])
         more = f" (+{len(dropped) - 5} more)" if len(dropped) > 5 else ""
+        why = f"{len(dropped)} dropped: {reasons}{more}" if dropped else "none dropped"
         raise SelectionError(
-            f"relation {relation.id} has {len(usable)} usable clip(s), {wanted} requested; "
-            f"{len(dropped)} dropped: {reasons}{more}. Lower clips_per_relation or set on_shortage=take_all."
+            f"relation {relation.id} has {len(usable)} usable clip(s), {wanted} requested ({why}). "
+            "Lower select.clips_per_relation or set select.on_shortage=take_all."
         )
     if len(usable) < wanted:
         log.warning("relation %s: only %d usable clips, taking all (%d requested)", relation.id, len(usable), wanted)
