@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dreamrelation.data.captions import CaptionConfig
 from dreamrelation.data.latents import LatentConfig
@@ -61,6 +61,20 @@ class PipelineConfig(BaseModel):
     masks: MaskConfig = Field(default_factory=lambda: MaskConfig(backend="skeleton-box"), description="Subject masks")
     train: TrainConfig = Field(default_factory=TrainConfig.demo, description="Training")
     evaluate: EvalConfig = Field(default_factory=EvalConfig.demo, description="Evaluation")
+
+    @model_validator(mode="after")
+    def _real_runs_need_real_mask_models(self) -> PipelineConfig:
+        """Tiny random segmenters are for the demo only: a real run must name its model folders."""
+        if self.model.profile != "demo" and self.masks.backend != "skeleton-box":
+            missing = ["masks.segmenter_dir"] if self.masks.segmenter_dir is None else []
+            if self.masks.backend == "grounded-sam2" and self.masks.detector_dir is None:
+                missing.append("masks.detector_dir")
+            if missing:
+                raise ValueError(
+                    f"masks.backend={self.masks.backend} with model.profile={self.model.profile} needs "
+                    f"{' and '.join(missing)} (local transformers checkpoints), or masks.backend=skeleton-box"
+                )
+        return self
 
 
 def paper_defaults() -> dict[str, Any]:
@@ -130,4 +144,13 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
     try:
         return PipelineConfig.model_validate(_merge(BASES[base_name](), data))
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {source or '(defaults)'}:\n{exc}") from None
+        raise ConfigError(f"invalid config {source or '(defaults)'}: {describe_errors(exc)}") from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One `field.path: message` clause per pydantic error, without pydantic's URLs."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "config"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

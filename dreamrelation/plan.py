@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dreamrelation.config import PipelineConfig
+from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.store import fingerprint
 
 STAGES = ("select_clips", "write_captions", "encode_latents", "make_masks", "train_relation", "evaluate")
@@ -36,7 +37,8 @@ class StageArtifact:
 
 
 def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtifact]:
-    """Keys of all six stages of `relation` under `config`, in DAG order."""
+    """Keys of all six stages of `relation` under `config`, in DAG order ('58' means 'A058')."""
+    relation = normalize_relation_id(relation)
     base = f"relations/{relation}"
     fps: dict[str, str] = {}
 

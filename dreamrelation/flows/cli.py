@@ -7,6 +7,7 @@ import os
 # Method code logs to `dreamrelation.*`; route those records into Prefect's run logs (and UI).
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dreamrelation")
 
+import logging  # noqa: E402
 import sys  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
@@ -28,8 +29,19 @@ RelationOpt = Annotated[str, typer.Option("--relation", "-r", help="Relation id,
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild artifacts even if they are complete")]
 
 
-def _config(config: str | None, overrides: list[str] | None) -> PipelineConfig:
-    return load_config(config, overrides) if (config or overrides) else PipelineConfig()
+def _config(config: str | None, overrides: list[str] | None, relations: list[str] | None = None) -> PipelineConfig:
+    """Load and validate the config (and relation ids) before any flow or server starts."""
+    from dreamrelation.data.relations import get_relation, load_relation_table
+
+    try:
+        cfg = load_config(config, overrides) if (config or overrides) else PipelineConfig()
+        table = load_relation_table(cfg.relations_file)
+        for relation in relations or []:
+            get_relation(relation, table)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    return cfg
 
 
 def _report(results) -> None:
@@ -40,11 +52,35 @@ def _report(results) -> None:
         typer.echo(f"{result.relation:<9} {result.stage:<15} {status:<8} {result.uri}")
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
+
+
+class _NoTracebackForInputErrors(logging.Filter):
+    """Console only: a failed run caused by bad input logs its message, not a library traceback.
+
+    The Prefect API (and so the UI) still receives the full traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_console_tracebacks() -> None:
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoTracebackForInputErrors())
+
+
 def _guard(fn, *args, **kwargs):
     """Run a flow; known input errors become one clear line instead of a traceback."""
+    _quiet_console_tracebacks()
     try:
         return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except USER_ERRORS as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
@@ -59,8 +95,9 @@ def demo(
     """Run the whole DAG on the synthetic NTU-format dataset with tiny models (CPU, offline)."""
     from dreamrelation.flows.pipeline import demo_flow
 
-    cfg = _config(config, set_)
-    results = _guard(demo_flow, relations=[r.strip() for r in relations.split(",") if r.strip()], config=cfg, force=force)
+    chosen = [r.strip() for r in relations.split(",") if r.strip()]
+    cfg = _config(config, set_, chosen)
+    results = _guard(demo_flow, relations=chosen, config=cfg, force=force)
     _report([r for stage_results in results.values() for r in stage_results])
     typer.echo(f"\nartifacts under {cfg.root}; synthetic dataset under {cfg.select.dataset_root}")
 
@@ -77,7 +114,7 @@ def run(
     """Run the pipeline (or one stage) for one relation."""
     from dreamrelation.flows.pipeline import STAGE_FLOWS, relation_pipeline
 
-    cfg = _config(config, set_)
+    cfg = _config(config, set_, [relation])
     if stage is None:
         results = _guard(relation_pipeline, relation=relation, config=cfg, force=force, stop_after=stop_after)
     elif stage in STAGE_FLOWS:
@@ -93,7 +130,7 @@ def select(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOp
     """Select the training clips of one relation and write the manifest."""
     from dreamrelation.flows.select_clips import select_clips_flow
 
-    _report([_guard(select_clips_flow, relation=relation, config=_config(config, set_), force=force)])
+    _report([_guard(select_clips_flow, relation=relation, config=_config(config, set_, [relation]), force=force)])
 
 
 @app.command()
@@ -101,7 +138,58 @@ def captions(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: Set
     """Caption the selected clips of one relation and write the sidecar folder."""
     from dreamrelation.flows.write_captions import write_captions_flow
 
-    _report([_guard(write_captions_flow, relation=relation, config=_config(config, set_), force=force)])
+    _report([_guard(write_captions_flow, relation=relation, config=_config(config, set_, [relation]), force=force)])
+
+
+@app.command()
+def serve(
+    limit: Annotated[int, typer.Option(help="Flow runs at once on this machine (1 = one stage at a time on one GPU)")] = 1,
+    deployment: Annotated[
+        Optional[list[str]], typer.Option("--deployment", "-d", help="Serve only this deployment (repeatable); default: all")
+    ] = None,
+) -> None:
+    """Serve the pipeline and stage deployments from this machine, without a work pool.
+
+    Same deployment names and per-relation triggers as prefect.yaml; needs a Prefect API
+    (PREFECT_API_URL, e.g. `prefect server start`). Start runs from the UI or with
+    `prefect deployment run 'select-clips/select-clips' --param relation=A058`. Ctrl-C stops.
+    """
+    from dreamrelation.flows.serve import serve_all
+
+    _guard(serve_all, limit=limit, names=deployment)
+
+
+@app.command("fan-out")
+def fan_out(
+    relations: Annotated[str, typer.Option(help="Comma-separated relation ids, or 'all' (the 26 NTU two-person actions)")] = "all",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    stop_after: Annotated[Optional[str], typer.Option(help="Each pipeline stops after this stage")] = None,
+    force: ForceOpt = False,
+    deployment: Annotated[str, typer.Option(help="The per-relation pipeline deployment to run")] = "relation-pipeline/relation-pipeline",
+    poll_seconds: Annotated[float, typer.Option(help="Seconds between state checks")] = 15.0,
+) -> None:
+    """Start one pipeline deployment run per relation (in parallel on the pool's workers), wait, report.
+
+    Needs the deployments (`prefect deploy --all` or `dreamrelation serve`) and running
+    workers. With workers on several machines use an object-store root (-s root=s3://...).
+    """
+    from dreamrelation.flows.fanout import ALL_RELATIONS, FanOutError, fan_out_flow
+
+    chosen = ALL_RELATIONS if relations.strip().lower() == "all" else [r.strip() for r in relations.split(",") if r.strip()]
+    try:
+        _guard(
+            fan_out_flow,
+            relations=chosen,
+            config=_config(config, set_, chosen),
+            force=force,
+            stop_after=stop_after,
+            deployment=deployment,
+            poll_seconds=poll_seconds,
+        )
+    except FanOutError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

@@ -1,12 +1,15 @@
-"""Flow placeholder: the train_relation stage is being built (see the open issues)."""
+"""Flow: train the relation LoRA triplet of one relation (METHOD.md §2-§5)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from dreamrelation.config import PipelineConfig
+from dreamrelation.tasks.common import StageResult
+from dreamrelation.tasks.training import train_relation_task
 
 
-@flow(name="train-relation")
-def train_relation_flow(relation: str = "A058", config: PipelineConfig = PipelineConfig(), force: bool = False) -> None:
-    raise NotImplementedError("the train_relation stage is not implemented yet")
+@flow(name="train-relation", log_prints=True)
+def train_relation_flow(relation: str = "A058", config: PipelineConfig = PipelineConfig(), force: bool = False) -> StageResult:
+    """Hybrid mask training + relational contrastive loss; writes checkpoints and the inference LoRA."""
+    return train_relation_task(relation, config, force)

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from pydantic import BaseModel
 
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import StageArtifact
+from dreamrelation.tasks.ui import publish_store_link
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,30 @@ def relation_resource(relation: str) -> str:
     return f"dreamrelation.relation.{relation}"
 
 
+def flow_config_json() -> Any:
+    """The running stage flow's `config` parameter as JSON (every stage flow has one), or None.
+
+    It travels in the completion event so that a deployment triggered by the event
+    (prefect.yaml: `config: "{{ event.payload.config }}"`) recomputes the same artifact keys.
+    """
+    context = FlowRunContext.get()
+    config = context.parameters.get("config") if context else None
+    return config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+
+
 def run_stage(
     store: ArtifactStore,
     artifact: StageArtifact,
     build: Callable[[str, dict[str, Any]], None],
     force: bool = False,
+    resumable: bool = False,
 ) -> StageResult:
-    """Build `artifact` with `build(tmp_location, summary)` unless it is already complete.
+    """Build `artifact` with `build(location, summary)` unless it is already complete.
 
-    `build` writes into the temporary location and may fill `summary` (counts, reasons);
-    the summary is stored in the completion marker and sent with the completion event.
+    `build` writes into the location and may fill `summary` (counts, reasons); the summary
+    is stored in the completion marker and sent with the completion event. The location is a
+    fresh temporary, or for `resumable` stages (training, evaluation) a folder that keeps
+    what an interrupted run left there, so a rerun resumes from it.
     """
     logger = get_run_logger()
     uri = store.uri(artifact.key)
@@ -58,8 +75,11 @@ def run_stage(
         summary: dict[str, Any] = {}
         meta = {"stage": artifact.stage, "relation": artifact.relation, "fingerprint": artifact.fingerprint, "summary": summary}
         logger.info("%s [%s]: building %s", artifact.stage, artifact.relation, uri)
-        with store.write(artifact.key, meta) as tmp:
-            build(tmp, summary)
+        if force and resumable:
+            store.remove(artifact.key)
+        writer = store.write_in_place if resumable else store.write
+        with writer(artifact.key, meta) as location:
+            build(str(location), summary)
         logger.info("%s [%s]: wrote %s", artifact.stage, artifact.relation, uri)
         result = StageResult(artifact.stage, artifact.relation, uri, artifact.fingerprint, False, summary)
     emit_event(
@@ -70,6 +90,8 @@ def run_stage(
             "uri": uri,
             "fingerprint": artifact.fingerprint,
             "skipped": result.skipped,
+            "config": flow_config_json(),
         },
     )
+    publish_store_link(artifact.stage, artifact.relation, uri, skipped=result.skipped)
     return result

@@ -1,0 +1,183 @@
+"""Configuration of the model layer: base model, LoRA triplet, training and sampling.
+
+Every field carries a description because these models double as the parameter forms of the
+Prefect deployments. Defaults are the paper's settings (METHOD.md §2-§5); each class has a
+`demo()` preset with tiny values so the whole demo DAG runs in minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Latent frames are (F - 1) / 6 + 1 (METHOD.md §1); spatial sizes must be multiples of 16.
+TEMPORAL_COMPRESSION = 6
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelConfig(_Strict):
+    """Where the Mochi-1 base model comes from and where it runs (METHOD.md §1)."""
+
+    profile: Literal["demo", "mochi-1"] = Field(
+        default="demo",
+        description="'demo': tiny randomly initialised models of the same diffusers classes, built "
+        "locally; 'mochi-1': the real model read from `model_dir`.",
+    )
+    model_dir: str | None = Field(
+        default=None,
+        description="Local folder in the diffusers `genmo/mochi-1-preview` layout (transformer/ vae/ "
+        "text_encoder/ tokenizer/ scheduler/ model_index.json). Required for 'mochi-1'; for 'demo' "
+        "it overrides the tiny model location.",
+    )
+    models_cache: str = Field(
+        default=".dreamrelation/models",
+        description="Folder where the demo's tiny models are built and kept (and where a download "
+        "goes when allowed).",
+    )
+    tiny_seed: int = Field(default=0, description="Seed of the tiny demo models' random weights.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Weight dtype of the base model: 'auto' is bfloat16 on GPU and float32 on CPU.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Torch device: 'auto' picks CUDA when available."
+    )
+    allow_download: bool = Field(
+        default=False,
+        description="Allow downloading genmo/mochi-1-preview from the Hugging Face Hub when "
+        "`model_dir` is missing. Off by default: nothing is ever downloaded at run time.",
+    )
+
+    @classmethod
+    def demo(cls) -> BaseModelConfig:
+        """The tiny CPU preset."""
+        return cls(profile="demo", device="cpu", dtype="float32")
+
+
+class LoraTripletConfig(_Strict):
+    """Where the LoRAs go (METHOD.md §2, ablations of §6 / paper Table 3)."""
+
+    mode: Literal["triplet", "direct"] = Field(
+        default="triplet",
+        description="'triplet': relation + subject1 + subject2 + FFN LoRAs (DreamRelation); "
+        "'direct': the baseline, one LoRA on Q, K, V and out trained with the plain loss.",
+    )
+    rank: int = Field(default=16, ge=1, description="LoRA rank r of every adapter.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    relation_positions: Literal["V", "Q", "KV", "QK"] = Field(
+        default="QK",
+        description="Projections carrying the relation LoRA, in both streams (paper Table 3; QK is "
+        "the method).",
+    )
+    use_relation: bool = Field(default=True, description="Train the relation LoRA (ablation switch).")
+    use_subject: bool = Field(
+        default=True, description="Train the two subject LoRAs on V (ablation switch)."
+    )
+    use_ffn: bool = Field(
+        default=True, description="Train the FFN LoRA on the attention output projections (ablation switch)."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> LoraTripletConfig:
+        if self.mode == "triplet" and not (self.use_relation or self.use_subject or self.use_ffn):
+            raise ValueError("all adapter types are disabled: nothing to train")
+        return self
+
+    @classmethod
+    def demo(cls) -> LoraTripletConfig:
+        """Rank 4 on the tiny demo transformer."""
+        return cls(rank=4, alpha=4.0)
+
+
+class SampleConfig(_Strict):
+    """Sampling with the base model plus the inference LoRA (METHOD.md §5)."""
+
+    steps: int = Field(default=64, ge=1, description="Euler steps of the MochiPipeline.")
+    guidance: float = Field(default=6.0, ge=0, description="Classifier-free guidance scale (1 = off).")
+    frames: int = Field(default=61, description="Frames to generate; must be 6k+1.")
+    height: int = Field(default=480, description="Height in pixels (multiple of 16).")
+    width: int = Field(default=848, description="Width in pixels (multiple of 16).")
+    fps: float = Field(default=30.0, gt=0, description="Frame rate of the written video.")
+    seed: int = Field(default=0, description="Seed of the initial noise.")
+    negative_prompt: str = Field(default="", description="Negative prompt for guidance.")
+
+    @field_validator("frames")
+    @classmethod
+    def _six_k_plus_one(cls, value: int) -> int:
+        if value < 1 or (value - 1) % TEMPORAL_COMPRESSION:
+            raise ValueError(f"{value} frames is not of the form 6k+1 (e.g. 25, 49, 61)")
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value <= 0 or value % 16:
+            raise ValueError(f"{value} is not a positive multiple of 16")
+        return value
+
+    @classmethod
+    def demo(cls) -> SampleConfig:
+        """4 steps, 25 frames at 96x160: a second or two on CPU with the tiny models."""
+        return cls(steps=4, frames=25, height=96, width=160)
+
+
+class TrainConfig(_Strict):
+    """The training run (METHOD.md §3-§5)."""
+
+    steps: int = Field(default=2400, ge=1, description="Optimizer steps (batch size 1).")
+    lr: float = Field(default=2e-4, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(default=200, ge=0, description="Linear warmup steps, then cosine decay to 0.")
+    lambda_m: float = Field(default=50.0, ge=0, description="Mask weight of the HMT loss (METHOD.md §3).")
+    lambda_rcl: float = Field(default=0.01, ge=0, description="Weight of the contrastive loss (METHOD.md §4).")
+    tau: float = Field(default=0.07, gt=0, description="Temperature of the contrastive loss.")
+    n_pos: int = Field(default=4, ge=1, description="Positives drawn per step from the positive bank.")
+    n_neg: int = Field(
+        default=10, ge=0, description="Negatives per anchor: the current frames, topped up from the negative bank."
+    )
+    pos_bank_size: int = Field(default=10, ge=1, description="FIFO size of the positive (dynamics) bank.")
+    neg_bank_size: int = Field(default=64, ge=0, description="FIFO size of the negative (frame feature) bank.")
+    hmt: bool = Field(
+        default=True,
+        description="Hybrid mask training. Off: all adapters every step and an unweighted loss.",
+    )
+    rcl: bool = Field(default=True, description="Space-time relational contrastive loss.")
+    caption_dropout: float = Field(
+        default=0.1, ge=0, le=1, description="Probability of training on the empty prompt (for CFG)."
+    )
+    sample_posterior: bool = Field(
+        default=False,
+        description="Draw z0 from the VAE posterior (mean + std * noise) instead of its mode.",
+    )
+    gradient_checkpointing: bool = Field(default=True, description="Recompute block activations in backward.")
+    checkpoint_every: int = Field(default=200, ge=1, description="Save a resumable checkpoint every N steps.")
+    keep_last: int = Field(default=3, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
+    sample_every: int = Field(
+        default=200, ge=0, description="Write a sample video every N steps with relation + FFN LoRAs (0 = off)."
+    )
+    sample_prompt: str = Field(
+        default="A bear is shaking hands with a raccoon in a meadow.",
+        description="Prompt of the periodic training samples.",
+    )
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="Settings of the periodic samples.")
+    lora: LoraTripletConfig = Field(default_factory=LoraTripletConfig, description="LoRA placement.")
+    seed: int = Field(default=0, description="Seed of all training randomness (clip, group, noise, dropout).")
+
+    @classmethod
+    def demo(cls) -> TrainConfig:
+        """30 steps on the tiny model: well under a minute on 2 CPU cores."""
+        return cls(
+            steps=30,
+            lr=1e-3,
+            warmup_steps=5,
+            checkpoint_every=10,
+            keep_last=2,
+            sample_every=0,
+            gradient_checkpointing=False,
+            sample=SampleConfig.demo(),
+            lora=LoraTripletConfig.demo(),
+        )

@@ -1,0 +1,142 @@
+"""Sampling with the base model plus the inference LoRA through diffusers' `MochiPipeline`.
+
+METHOD.md §5: only the relation and FFN adapters are used (subject adapters are never loaded);
+Euler with the pipeline's linear-quadratic schedule, 64 steps, CFG 6.0 with the empty negative
+prompt, 61 frames at 480x848, 30 fps. The initial noise comes from a CPU generator seeded by
+`SampleConfig.seed`, so a seed gives the same noise on any device.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline
+
+from dreamrelation.data.video import write_video
+from dreamrelation.model.config import BaseModelConfig, SampleConfig
+from dreamrelation.model.mochi import (
+    encode_text,
+    load_pipeline,
+    load_text_encoder,
+    load_vae,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_dir,
+)
+
+log = logging.getLogger("dreamrelation.model")
+
+LORA_ADAPTER = "relation_lora"
+
+
+def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Pipeline frames (T, H, W, 3) float in [0, 1] -> uint8."""
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def load_inference_pipeline(
+    model_dir: str | Path,
+    lora_path: str | Path | None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MochiPipeline:
+    """Base `MochiPipeline` from `model_dir` with the exported inference LoRA loaded (if given)."""
+    pipe = load_pipeline(model_dir, dtype=dtype, device=device)
+    pipe.vae.enable_tiling()  # only tiles frames larger than 256 px: a no-op for the demo sizes
+    if lora_path is not None:
+        pipe.load_lora_weights(str(lora_path), adapter_name=LORA_ADAPTER)
+        if LORA_ADAPTER not in getattr(pipe.transformer, "peft_config", {}):
+            raise ValueError(f"{lora_path} loaded no LoRA weights into the transformer")
+    return pipe
+
+
+def generate(
+    pipe: MochiPipeline,
+    prompt: str | None,
+    cfg: SampleConfig,
+    text: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> np.ndarray:
+    """One video as uint8 frames (T, H, W, 3).
+
+    Either `prompt` (encoded by the pipeline, negative prompt `cfg.negative_prompt`) or `text`:
+    precomputed (embeds, mask, negative embeds, negative mask), each with batch size 1.
+    """
+    kwargs: dict = {"prompt": prompt, "negative_prompt": cfg.negative_prompt}
+    if text is not None:
+        embeds, mask, neg_embeds, neg_mask = text
+        kwargs = dict(
+            prompt_embeds=embeds,
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=neg_embeds,
+            negative_prompt_attention_mask=neg_mask,
+        )
+    out = pipe(
+        **kwargs,
+        height=cfg.height,
+        width=cfg.width,
+        num_frames=cfg.frames,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        output_type="np",
+    )
+    return frames_to_uint8(out.frames[0])
+
+
+def sample_video(
+    prompt: str,
+    lora_path: str | Path | None,
+    out_path: str | Path,
+    cfg: SampleConfig,
+    base: BaseModelConfig | None = None,
+) -> tuple[np.ndarray, Path]:
+    """Generate `prompt` with base model + inference LoRA, write an mp4; returns (frames, path)."""
+    base = base or BaseModelConfig()
+    device = resolve_device(base)
+    pipe = load_inference_pipeline(resolve_model_dir(base), lora_path, device, resolve_dtype(base, device))
+    frames = generate(pipe, prompt, cfg)
+    write_video(out_path, frames, cfg.fps)
+    return frames, Path(out_path)
+
+
+class TrainingSampler:
+    """Periodic samples during training, with the transformer being trained.
+
+    The prompt is encoded once (the T5 encoder is freed afterwards); the VAE and scheduler stay
+    loaded. The caller activates the inference adapters (relation + FFN) before calling.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        cfg: SampleConfig,
+        prompt: str,
+        out_dir: str | Path,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        tokenizer, text_encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
+        embeds, mask = encode_text(tokenizer, text_encoder, [prompt, cfg.negative_prompt])
+        self.text = (embeds[:1], mask[:1], embeds[1:], mask[1:])
+        del tokenizer, text_encoder
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.vae = load_vae(model_dir, dtype=dtype, device=device)
+        self.vae.enable_tiling()
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(Path(model_dir) / "scheduler")
+
+    def __call__(self, transformer: torch.nn.Module, step: int) -> Path:
+        pipe = MochiPipeline(
+            scheduler=self.scheduler, vae=self.vae, text_encoder=None, tokenizer=None, transformer=transformer
+        )
+        pipe.set_progress_bar_config(disable=True)
+        frames = generate(pipe, None, self.cfg, self.text)
+        path = self.out_dir / f"step-{step:08d}.mp4"
+        write_video(path, frames, self.cfg.fps)
+        log.info("sample at step %d: %s", step, path)
+        return path

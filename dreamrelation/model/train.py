@@ -1,0 +1,452 @@
+"""The DreamRelation training loop (METHOD.md §1, §3-§5), one readable loop in plain PyTorch.
+
+Inputs are precomputed by earlier stages: per clip the raw VAE posterior, T5 features and the
+latent masks (S1, S2, R); plus the empty-prompt features for caption dropout and the VAE's
+latent normalization. Each step:
+
+1. draw (from a generator seeded by (seed, step), so a resumed run draws the same) a clip, an
+   HMT group (METHOD.md §3), caption dropout, the noise level s ~ U(0, 1) and the noise eps;
+2. activate exactly the group's adapters (idle adapters get no gradient and no optimizer
+   update: no momentum, no weight decay; they stay bit-identical);
+3. x_s = (1 - s) z0 + s eps, t = 1000 (1 - s), target v = z0 - eps (METHOD.md §1);
+4. L = L_rec (mask-weighted, §3) + lambda_1 L_RCL (§4); AdamW, warmup + cosine.
+
+Checkpoints hold the adapters, optimizer, LR schedule, both memory banks, RNG states and the
+step, so that N steps + resume N steps gives bit-identical weights to 2N uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from dreamrelation.model import lora
+from dreamrelation.model.config import BaseModelConfig, TrainConfig
+from dreamrelation.model.losses import MemoryBank, masked_flow_loss, relational_contrastive_step
+from dreamrelation.model.mochi import (
+    LatentNorm,
+    load_transformer,
+    normalize_latents,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_dir,
+)
+
+log = logging.getLogger("dreamrelation.train")
+
+#: Index of each HMT group's mask in `TrainClip.latent_masks` (S1, S2, R).
+MASK_INDEX = {"subject1": 0, "subject2": 1, "relation": 2}
+LORA_FILE = "relation_lora.safetensors"
+_CKPT_PREFIX = "step-"
+_COMPLETE = "COMPLETE"
+
+
+@dataclass
+class TrainClip:
+    """One training clip, as loaded from the latent / text / mask stores."""
+
+    clip_id: str
+    latent_mean: torch.Tensor  # (C, f, h, w) raw VAE posterior mean
+    latent_logvar: torch.Tensor  # (C, f, h, w) raw VAE posterior log-variance
+    text_embeds: torch.Tensor  # (L, D) T5 features
+    text_mask: torch.Tensor  # (L,) bool
+    latent_masks: torch.Tensor  # (f, 3, h, w) in [0, 1]: S1, S2, R
+
+
+@dataclass
+class TrainResult:
+    """What a `train` call did."""
+
+    final_step: int
+    run_dir: Path
+    lora_path: Path | None  # None when stopped early (stop_at)
+    checkpoint: Path | None
+    loss_rec: float | None
+    loss_rcl: float | None
+    resumed_from: int
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; nothing is saved for that step and the last checkpoint stays."""
+
+
+@dataclass
+class TrainState:
+    """Everything a step changes, plus the fixed objects it needs."""
+
+    transformer: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    pos_bank: MemoryBank
+    neg_bank: MemoryBank
+    adapters: list[str]
+    groups: list[str]
+    device: torch.device
+    dtype: torch.dtype
+    step: int = 0  # completed optimizer steps
+    active: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- rectified flow
+
+
+def timestep_from_noise_level(s: torch.Tensor) -> torch.Tensor:
+    """t = 1000 (1 - s): the pipeline's first call is t = 0 on pure noise (s = 1) (METHOD.md §1)."""
+    return 1000.0 * (1.0 - s)
+
+
+def noise_level_from_timestep(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of `timestep_from_noise_level`."""
+    return 1.0 - t / 1000.0
+
+
+def add_noise(z0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x_s = (1 - s) z0 + s eps, with s of shape (B,) broadcast over (B, C, f, h, w)."""
+    s = s.view(-1, *([1] * (z0.ndim - 1)))
+    return (1.0 - s) * z0 + s * eps
+
+
+def flow_target(z0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The velocity the transformer predicts: v = z0 - eps."""
+    return z0 - eps
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to 1 over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one step: the draws of step k depend only on (seed, k)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def build_state(
+    cfg: TrainConfig, model_dir: str | Path, device: torch.device, dtype: torch.dtype
+) -> TrainState:
+    """Load the base transformer, add the LoRAs, and make the optimizer, schedule and banks."""
+    transformer = load_transformer(model_dir, dtype=dtype, device=device)
+    transformer.requires_grad_(False)
+    adapters = lora.add_relation_loras(transformer, cfg.lora)
+    transformer.to(device)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    lora.trainable_parameter_table(transformer)
+    params = list(lora.lora_parameters(transformer).values())  # sorted names: a stable order
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps)
+    )
+    return TrainState(
+        transformer=transformer,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        pos_bank=MemoryBank(cfg.pos_bank_size),
+        neg_bank=MemoryBank(cfg.neg_bank_size),
+        adapters=adapters,
+        groups=lora.available_groups(cfg.lora) if cfg.hmt else ["all"],
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _check_clips(clips: Sequence[TrainClip], cfg: TrainConfig) -> None:
+    if not clips:
+        raise ValueError("no training clips")
+    for clip in clips:
+        c, f, h, w = clip.latent_mean.shape
+        if tuple(clip.latent_masks.shape) != (f, 3, h, w):
+            raise ValueError(
+                f"clip {clip.clip_id}: latent_masks {tuple(clip.latent_masks.shape)} do not match "
+                f"latents {tuple(clip.latent_mean.shape)} (expected {(f, 3, h, w)})"
+            )
+        if clip.text_embeds.ndim != 2 or clip.text_mask.shape != clip.text_embeds.shape[:1]:
+            raise ValueError(f"clip {clip.clip_id}: text_embeds (L, D) and text_mask (L,) expected")
+    if cfg.rcl and len({clip.latent_mean.shape[1] for clip in clips}) > 1:
+        raise ValueError("the contrastive loss needs all clips to have the same number of latent frames")
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(
+    state: TrainState,
+    clips: Sequence[TrainClip],
+    empty_text: tuple[torch.Tensor, torch.Tensor],
+    vae_norm: Any,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """One optimizer step; returns its log record. Raises NonFiniteLossError before updating."""
+    step = state.step + 1
+    g = step_generator(cfg.seed, step)
+    device = state.device
+    direct = cfg.lora.mode == "direct"
+
+    # 1. draws: clip, HMT group, caption dropout, noise level, noise
+    clip = clips[int(torch.randint(len(clips), (1,), generator=g))]
+    group = state.groups[int(torch.randint(len(state.groups), (1,), generator=g))]
+    drop_caption = bool(torch.rand((), generator=g) < cfg.caption_dropout)
+    s = torch.rand((1,), generator=g)
+    eps = torch.randn((1, *clip.latent_mean.shape), generator=g)
+    latents = clip.latent_mean.float()
+    if cfg.sample_posterior:
+        noise = torch.randn(clip.latent_mean.shape, generator=g)
+        latents = latents + torch.exp(0.5 * clip.latent_logvar.float()) * noise
+    z0 = normalize_latents(latents, vae_norm).unsqueeze(0)
+
+    # 2. adapters of this step (METHOD.md §3); "all" = HMT off
+    adapters = state.adapters if group == "all" else lora.select_lora_group(group, cfg.lora)
+    if tuple(adapters) != state.active:
+        lora.activate_adapters(state.transformer, adapters)
+        state.active = tuple(adapters)
+
+    # 3. rectified-flow noising (METHOD.md §1)
+    x = add_noise(z0, eps, s).to(device, state.dtype)
+    t = timestep_from_noise_level(s).to(device)
+    target = flow_target(z0, eps).to(device)
+    embeds, mask = empty_text if drop_caption else (clip.text_embeds, clip.text_mask)
+    embeds = embeds.to(device, state.dtype).unsqueeze(0)
+    mask = mask.to(device).bool().unsqueeze(0)
+    loss_mask = None
+    if group in MASK_INDEX and not direct:
+        loss_mask = clip.latent_masks[:, MASK_INDEX[group]].to(device).unsqueeze(0)
+
+    # 4. loss (METHOD.md §3, §4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_use_autocast(state))
+    with autocast:
+        v_pred = state.transformer(
+            hidden_states=x,
+            encoder_hidden_states=embeds,
+            timestep=t,
+            encoder_attention_mask=mask,
+            return_dict=False,
+        )[0]
+    loss_rec = masked_flow_loss(v_pred, target, loss_mask, cfg.lambda_m)
+    loss_rcl = None
+    if cfg.rcl and not direct:
+        loss_rcl = relational_contrastive_step(
+            v_pred[0], state.pos_bank, state.neg_bank, cfg.n_pos, cfg.n_neg, cfg.tau, g
+        )
+    loss = loss_rec if loss_rcl is None else loss_rec + cfg.lambda_rcl * loss_rcl
+    record = {
+        "step": step,
+        "group": group,
+        "clip": clip.clip_id,
+        "caption_dropped": drop_caption,
+        "s": float(s),
+        "loss_rec": loss_rec.detach().item(),
+        "loss_rcl": None if loss_rcl is None else loss_rcl.detach().item(),
+        "lr": state.lr_scheduler.get_last_lr()[0],
+    }
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (loss_rec={record['loss_rec']}, loss_rcl={record['loss_rcl']}, "
+            f"clip={clip.clip_id}, group={group})"
+        )
+
+    # 5. update: only parameters with a gradient (the active adapters) are touched
+    loss.backward()
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step = step
+    return record
+
+
+def _use_autocast(state: TrainState) -> bool:
+    return state.device.type == "cuda" and state.dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{_CKPT_PREFIX}*") if (p / _COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_CKPT_PREFIX) :]))
+
+
+def save_checkpoint(state: TrainState, run_dir: str | Path, cfg: TrainConfig) -> Path:
+    """Write a complete checkpoint (temp folder + rename), then keep only the newest `keep_last`."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_CKPT_PREFIX}{state.step:08d}"
+    tmp = root / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    adapters = {name: p.detach().cpu().contiguous() for name, p in lora.lora_parameters(state.transformer).items()}
+    save_file(adapters, tmp / "adapters.safetensors")
+    training_state = {
+        "step": state.step,
+        "optimizer": state.optimizer.state_dict(),
+        "lr_scheduler": state.lr_scheduler.state_dict(),
+        "pos_bank": state.pos_bank.state_dict(),
+        "neg_bank": state.neg_bank.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "config": cfg.model_dump_json(),
+    }
+    torch.save(training_state, tmp / "state.pt")
+    (tmp / _COMPLETE).write_text(str(state.step))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(run_dir)[: -cfg.keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: TrainConfig) -> None:
+    """Restore adapters, optimizer, schedule, banks, RNG states and step from `checkpoint`."""
+    checkpoint = Path(checkpoint)
+    saved = load_file(checkpoint / "adapters.safetensors")
+    params = lora.lora_parameters(state.transformer)
+    if set(saved) != set(params):
+        raise ValueError(f"checkpoint {checkpoint} has different LoRA adapters than the configured model")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])
+    training_state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    if training_state["config"] != cfg.model_dump_json():
+        log.warning("resuming %s with a different TrainConfig than it was saved with", checkpoint)
+    state.optimizer.load_state_dict(training_state["optimizer"])
+    state.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
+    state.pos_bank.load_state_dict(training_state["pos_bank"])
+    state.neg_bank.load_state_dict(training_state["neg_bank"])
+    torch.set_rng_state(training_state["rng_cpu"])
+    if training_state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(training_state["rng_cuda"])
+    state.step = int(training_state["step"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    clips: Sequence[TrainClip],
+    empty_text: tuple[torch.Tensor, torch.Tensor],
+    vae_norm: LatentNorm | Any,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    base: BaseModelConfig | None = None,
+    *,
+    stop_at: int | None = None,
+    sampler: Callable[[torch.nn.Module, int], Any] | None = None,
+) -> TrainResult:
+    """Train the relation LoRAs on `clips`; resume from the newest checkpoint in `run_dir`.
+
+    `empty_text` is (embeds (L, D), mask (L,)) of the empty prompt, for caption dropout.
+    `vae_norm` is the VAE config (or `LatentNorm`) whose latents_mean / latents_std /
+    scaling_factor normalize the latents as `MochiPipeline` un-normalizes them.
+    `stop_at` stops after that step as if interrupted (no export); `sampler(transformer, step)`
+    replaces the default periodic sampler (relation + FFN LoRAs through `MochiPipeline`).
+    At the end the inference LoRA is written to `run_dir/relation_lora.safetensors`.
+    """
+    base = base or BaseModelConfig()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_clips(clips, cfg)
+    if cfg.lora.mode == "direct" and (cfg.hmt or cfg.rcl):
+        log.info("direct LoRA baseline: plain loss (mask weighting and the contrastive loss are off)")
+    model_dir = resolve_model_dir(base)
+    device = resolve_device(base)
+    dtype = resolve_dtype(base, device)
+    state = build_state(cfg, model_dir, device, dtype)
+
+    checkpoints = checkpoint_dirs(run_dir)
+    resumed_from = 0
+    if checkpoints:
+        load_checkpoint(state, checkpoints[-1], cfg)
+        resumed_from = state.step
+        log.info("resumed from %s (step %d)", checkpoints[-1], state.step)
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, state.step)
+
+    if sampler is None and cfg.sample_every > 0:
+        from dreamrelation.model.sample import TrainingSampler
+
+        sampler = TrainingSampler(model_dir, cfg.sample, cfg.sample_prompt, run_dir / "samples", device, dtype)
+
+    last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    record: dict[str, Any] = {}
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=None)
+    with bar, metrics_path.open("a") as metrics:
+        while state.step < last_step:
+            try:
+                record = train_step(state, clips, empty_text, vae_norm, cfg)
+            except NonFiniteLossError as exc:
+                good = checkpoint_dirs(run_dir)
+                where = good[-1] if good else "none (no checkpoint written yet)"
+                raise NonFiniteLossError(f"{exc}; training stopped, last good checkpoint: {where}") from exc
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            log.info(
+                "step %d/%d group=%s loss_rec=%.5f loss_rcl=%s lr=%.3e",
+                record["step"],
+                cfg.steps,
+                record["group"],
+                record["loss_rec"],
+                "-" if record["loss_rcl"] is None else f"{record['loss_rcl']:.5f}",
+                record["lr"],
+            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss_rec']:.4f}", group=record["group"])
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                save_checkpoint(state, run_dir, cfg)
+            if sampler is not None and cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
+                _sample(sampler, state)
+
+    lora_path = None
+    if state.step >= cfg.steps:
+        lora_path = lora.export_inference_lora(state.transformer, run_dir / LORA_FILE)
+    checkpoints = checkpoint_dirs(run_dir)
+    return TrainResult(
+        final_step=state.step,
+        run_dir=run_dir,
+        lora_path=lora_path,
+        checkpoint=checkpoints[-1] if checkpoints else None,
+        loss_rec=record.get("loss_rec"),
+        loss_rcl=record.get("loss_rcl"),
+        resumed_from=resumed_from,
+    )
+
+
+def _sample(sampler: Callable[[torch.nn.Module, int], Any], state: TrainState) -> None:
+    """Sample with the inference adapters only, then give the next step a fresh activation."""
+    inference = [a for a in state.adapters if a in lora.INFERENCE_ADAPTERS]
+    lora.activate_adapters(state.transformer, inference)
+    state.active = ()
+    state.transformer.eval()
+    try:
+        with torch.no_grad():
+            sampler(state.transformer, state.step)
+    finally:
+        state.transformer.train()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines after `step` (written by an interrupted run past its last checkpoint)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))

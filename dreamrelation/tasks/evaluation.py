@@ -1,0 +1,134 @@
+"""Tasks of the evaluate stage: score a relation's LoRA against the baselines, report across relations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fsspec
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from dreamrelation.config import PipelineConfig
+from dreamrelation.data.ntu import normalize_relation_id
+from dreamrelation.data.relations import get_relation, load_relation_table
+from dreamrelation.data.store import ArtifactStore, fetch_local, fingerprint
+from dreamrelation.model.evaluate import (
+    LORA_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    evaluate_relation,
+    headline,
+    json_safe,
+    metric_table_records,
+    write_combined_report,
+)
+from dreamrelation.plan import plan_relation
+from dreamrelation.tasks.common import StageResult, run_stage
+from dreamrelation.tasks.ui import Progress, artifact_key
+
+#: Bump when the combined report's layout changes.
+REPORT_CODE_VERSION = "1"
+
+
+class _VideoProgress:
+    """Progress artifact for generated videos, created on the first report (the total is known then)."""
+
+    def __init__(self, relation: str) -> None:
+        self.key = artifact_key(relation, "evaluate", "videos")
+        self.bar: Progress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(self.key, total, description="evaluation videos generated").start()
+        self.bar.update(done)
+
+
+def _read_text(uri: str) -> str:
+    with fsspec.open(uri, "r") as handle:
+        return handle.read()
+
+
+def publish_evaluation(relation: str, uri: str) -> None:
+    """Table artifact with the metrics and markdown artifact with the report of an evaluation."""
+    results = json.loads(_read_text(f"{uri}/{RESULTS_FILE}"))
+    create_table_artifact(
+        key=artifact_key(relation, "evaluate", "metrics"),
+        table=json_safe(metric_table_records(results["methods"])),
+        description=f"Evaluation metrics of {relation} ({results.get('relation_name')}): "
+        "relation accuracy (mean, std over repeats), CLIP-T, temporal consistency, FVD",
+    )
+    create_markdown_artifact(
+        key=artifact_key(relation, "evaluate", "report"),
+        markdown=_read_text(f"{uri}/{REPORT_FILE}"),
+        description=f"Evaluation report of {relation} (paper Table 1 layout)",
+    )
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(relation: str, config: PipelineConfig, force: bool = False) -> StageResult:
+    """Generate the evaluation videos (resumably) and score every method; publish the report."""
+    relation = normalize_relation_id(relation)
+    store = ArtifactStore(config.root)
+    plan = plan_relation(relation, config)
+    train_uri = store.require(plan["train_relation"].key)
+    info = get_relation(relation, load_relation_table(config.relations_file))
+
+    def build(location: str, summary: dict[str, Any]) -> None:
+        lora = fetch_local(f"{train_uri}/{LORA_FILE}")
+        if not lora.is_file():
+            raise FileNotFoundError(f"the train_relation run {train_uri} has no {LORA_FILE}")
+        results = evaluate_relation(
+            relation,
+            config.evaluate,
+            config.model,
+            lora,
+            location,
+            relation_name=info.name,
+            progress=_VideoProgress(relation),
+        )
+        summary.update(
+            videos_generated=results["generation"]["generated"],
+            videos_reused=results["generation"]["skipped"],
+            methods={m["name"]: headline(m) for m in results["methods"]},
+        )
+
+    result = run_stage(store, plan["evaluate"], build, force, resumable=True)
+    publish_evaluation(relation, result.uri)
+    return result
+
+
+@task(name="evaluation-report", cache_policy=NO_CACHE)
+def evaluation_report_task(relations: list[str], config: PipelineConfig) -> str:
+    """The report across relations from their complete evaluate artifacts; returns its URI.
+
+    Relations whose evaluation is not complete are left out with a warning; none complete is
+    an error. The report is written to `reports/evaluation-<fp>/` (report.md, results.json).
+    """
+    logger = get_run_logger()
+    store = ArtifactStore(config.root)
+    found: list[tuple[str, str]] = []
+    for relation in relations:
+        relation = normalize_relation_id(relation)
+        artifact = plan_relation(relation, config)["evaluate"]
+        if store.is_complete(artifact.key):
+            found.append((relation, artifact.fingerprint))
+        else:
+            logger.warning("evaluation report: %s has no complete evaluation at %s, left out", relation, store.uri(artifact.key))
+    if not found:
+        raise FileNotFoundError(f"no complete evaluation for any of {relations} under {config.root}: run the evaluate stage first")
+    fp = fingerprint("evaluation_report", {"relations": [r for r, _ in found]}, [f for _, f in found], REPORT_CODE_VERSION)
+    key = f"reports/evaluation-{fp}"
+    locations = [store.uri(plan_relation(r, config)["evaluate"].key) for r, _ in found]
+    if not store.is_complete(key):
+        with store.write(key, {"stage": "evaluation_report", "relations": [r for r, _ in found]}) as tmp:
+            write_combined_report(locations, tmp)
+    uri = store.uri(key)
+    create_markdown_artifact(
+        key=artifact_key("evaluation", "report"),
+        markdown=_read_text(f"{uri}/{REPORT_FILE}"),
+        description=f"Evaluation over {', '.join(r for r, _ in found)} (paper Table 1 layout)",
+    )
+    logger.info("evaluation report over %d relation(s): %s/%s", len(found), uri, REPORT_FILE)
+    return uri

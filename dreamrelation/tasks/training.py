@@ -1,0 +1,38 @@
+"""Task of the train_relation stage: read the stores, train the relation LoRAs, keep the run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dreamrelation.config import PipelineConfig
+from dreamrelation.data.store import ArtifactStore
+from dreamrelation.data.training_data import load_training_clips
+from dreamrelation.model.train import train
+from dreamrelation.plan import plan_relation
+from dreamrelation.tasks.common import StageResult, run_stage
+
+
+@task(name="train-relation", cache_policy=NO_CACHE)
+def train_relation_task(relation: str, config: PipelineConfig, force: bool = False) -> StageResult:
+    """Train on the relation's latents + masks; a rerun resumes from the run's last checkpoint."""
+    store = ArtifactStore(config.root)
+    plan = plan_relation(relation, config)
+    latents_uri = store.require(plan["encode_latents"].key)
+    masks_uri = store.require(plan["make_masks"].key)
+
+    def build(run_dir: str, summary: dict[str, Any]) -> None:
+        data = load_training_clips(latents_uri, masks_uri)
+        result = train(data.clips, data.empty_text, data.vae_norm, config.train, run_dir, config.model)
+        summary.update(
+            clips=len(data.clips),
+            steps=result.final_step,
+            resumed_from=result.resumed_from,
+            loss_rec=result.loss_rec,
+            loss_rcl=result.loss_rcl,
+            lora=str(result.lora_path.name) if result.lora_path else None,
+        )
+
+    return run_stage(store, plan["train_relation"], build, force, resumable=True)
