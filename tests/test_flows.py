@@ -17,13 +17,23 @@ def _config(tmp_path, synthetic_root, **select):
     )
 
 
-def _logs(flow_run_id):
+def _logs(flow_run_id, expect: str, timeout: float = 20.0) -> str:
+    """The run's log text from the API once it contains `expect` (logs are sent in batches)."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
 
+    APILogWorker.drain_all(timeout=5)
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return "\n".join(log.message for log in logs)
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            text = "\n".join(log.message for log in logs)
+            if expect in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.5)
 
 
 def test_select_and_captions_flows_build_then_skip(prefect_harness, tmp_path, synthetic_root):
@@ -46,7 +56,7 @@ def test_select_and_captions_flows_build_then_skip(prefect_harness, tmp_path, sy
     state = select_clips_flow(relation="A058", config=config, return_state=True)
     again = state.result()
     assert again.skipped and again.uri == first.uri
-    assert "already complete" in _logs(state.state_details.flow_run_id)
+    assert "already complete" in _logs(state.state_details.flow_run_id, "already complete")
     assert write_captions_flow(relation="A058", config=config).skipped and not captions.skipped
 
     rebuilt = select_clips_flow(relation="A058", config=config, force=True)

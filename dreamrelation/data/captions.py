@@ -20,6 +20,9 @@ from dreamrelation.data.manifest import Manifest
 from dreamrelation.data.relations import Relation
 
 
+MANIFEST_NAME = "manifest.json"  # the captioned manifest inside a write_captions artifact
+
+
 class CaptionError(ValueError):
     """A malformed per-clip caption file."""
 

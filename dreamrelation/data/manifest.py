@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
+
 from pydantic import BaseModel, Field
 
 
@@ -43,3 +45,9 @@ class Manifest(BaseModel):
     @property
     def clip_ids(self) -> list[str]:
         return [clip.clip_id for clip in self.clips]
+
+
+def read_manifest(uri: str) -> Manifest:
+    """Load a manifest JSON from a path or URL."""
+    with fsspec.open(uri, "r") as handle:
+        return Manifest.model_validate_json(handle.read())

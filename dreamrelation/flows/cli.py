@@ -9,6 +9,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dreamrelation")
 
 import logging  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
@@ -100,6 +101,7 @@ def demo(
     results = _guard(demo_flow, relations=chosen, config=cfg, force=force)
     _report([r for stage_results in results.values() for r in stage_results])
     typer.echo(f"\nartifacts under {cfg.root}; synthetic dataset under {cfg.select.dataset_root}")
+    typer.echo(f"evaluation report across relations: {cfg.root}/reports/ (report.md)")
 
 
 @app.command()
@@ -142,6 +144,81 @@ def captions(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: Set
 
 
 @app.command()
+def evaluate(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Generate evaluation videos and score them (needs the relation's finished training run)."""
+    from dreamrelation.flows.evaluate import evaluate_flow
+
+    result = _guard(evaluate_flow, relation=relation, config=_config(config, set_, [relation]), force=force)
+    _report([result])
+    typer.echo(f"\nreport: {result.uri}/report.md")
+
+
+@app.command()
+def report(
+    relations: Annotated[str, typer.Option(help="Comma-separated relation ids")] = ",".join(DEMO_RELATIONS),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Combine finished evaluations into one Table 1 report (per relation and averaged)."""
+    from dreamrelation.flows.evaluate import evaluation_report_flow
+
+    chosen = [r.strip() for r in relations.split(",") if r.strip()]
+    uri = _guard(evaluation_report_flow, relations=chosen, config=_config(config, set_, chosen))
+    typer.echo(f"report: {uri}/report.md")
+
+
+@app.command("analyze-qkv")
+def analyze_qkv(
+    model_dir: Annotated[Optional[str], typer.Option(help="Transformer or pipeline folder; default: the config's model")] = None,
+    rank: Annotated[int, typer.Option(help="Subspace rank r (top-r left singular vectors)")] = 16,
+    out_dir: Annotated[str, typer.Option(help="Where qkv_similarity.json and .png go")] = ".dreamrelation/analysis/qkv",
+    device: Annotated[str, typer.Option(help="Torch device for the SVDs")] = "cpu",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Subspace similarity of every block's Q, K and V weights (METHOD.md §7): JSON + heatmap."""
+    from dreamrelation.flows.analysis import qkv_analysis, summary_markdown
+
+    cfg = _config(config, set_)
+    summary = _guard(qkv_analysis, model_dir=model_dir, rank=rank, out_dir=out_dir, device=device, model=cfg.model)
+    typer.echo(summary_markdown(summary))
+    typer.echo(f"\nwrote {summary['json']} and {summary['png']}")
+
+
+@app.command()
+def sample(
+    prompt: Annotated[str, typer.Option(help="What to generate")] = "A bear is shaking hands with a raccoon in a meadow.",
+    lora: Annotated[Optional[str], typer.Option(help="Inference LoRA .safetensors (default: the relation's trained one)")] = None,
+    relation: Annotated[Optional[str], typer.Option("--relation", "-r", help="Use this relation's trained LoRA")] = None,
+    base_only: Annotated[bool, typer.Option("--base-only", help="Sample the base model without any LoRA")] = False,
+    out: Annotated[str, typer.Option(help="Output mp4 path")] = "sample.mp4",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate one video with the base model + relation LoRA through MochiPipeline (settings: train.sample.*)."""
+    from dreamrelation.data.store import ArtifactStore, fetch_local
+    from dreamrelation.model.sample import sample_video
+    from dreamrelation.model.train import LORA_FILE
+    from dreamrelation.plan import plan_relation
+
+    cfg = _config(config, set_, [relation] if relation else None)
+    if base_only:
+        lora = None
+    elif lora is None:
+        if relation is None:
+            typer.secho("error: give --lora PATH, --relation ID (its trained LoRA) or --base-only", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        store = ArtifactStore(cfg.root)
+        run = _guard(store.require, plan_relation(relation, cfg)["train_relation"].key)
+        lora = str(fetch_local(f"{run}/{LORA_FILE}"))  # a download when the root is remote
+    elif not Path(lora).is_file():
+        typer.secho(f"error: LoRA file {lora} does not exist", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    _, path = _guard(sample_video, prompt, lora, out, cfg.train.sample, cfg.model)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
 def serve(
     limit: Annotated[int, typer.Option(help="Flow runs at once on this machine (1 = one stage at a time on one GPU)")] = 1,
     deployment: Annotated[
@@ -150,9 +227,10 @@ def serve(
 ) -> None:
     """Serve the pipeline and stage deployments from this machine, without a work pool.
 
-    Same deployment names and per-relation triggers as prefect.yaml; needs a Prefect API
-    (PREFECT_API_URL, e.g. `prefect server start`). Start runs from the UI or with
-    `prefect deployment run 'select-clips/select-clips' --param relation=A058`. Ctrl-C stops.
+    Same deployment names and per-relation triggers as prefect.yaml.
+    Needs a Prefect API: PREFECT_API_URL (e.g. of `prefect server start`).
+    Start runs from the UI, or: prefect deployment run select-clips/select-clips --param relation=A058
+    Ctrl-C stops serving.
     """
     from dreamrelation.flows.serve import serve_all
 
@@ -171,8 +249,8 @@ def fan_out(
 ) -> None:
     """Start one pipeline deployment run per relation (in parallel on the pool's workers), wait, report.
 
-    Needs the deployments (`prefect deploy --all` or `dreamrelation serve`) and running
-    workers. With workers on several machines use an object-store root (-s root=s3://...).
+    Needs the deployments (`prefect deploy --all` or `dreamrelation serve`) and running workers.
+    With workers on several machines, use an object-store root: -s root=s3://bucket/prefix
     """
     from dreamrelation.flows.fanout import ALL_RELATIONS, FanOutError, fan_out_flow
 

@@ -8,7 +8,7 @@ from dreamrelation.config import DEMO_RELATIONS, PipelineConfig
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.relations import get_relation, load_relation_table
 from dreamrelation.flows.encode_latents import encode_latents_flow
-from dreamrelation.flows.evaluate import evaluate_flow
+from dreamrelation.flows.evaluate import evaluate_flow, evaluation_report_flow
 from dreamrelation.flows.make_masks import make_masks_flow
 from dreamrelation.flows.select_clips import select_clips_flow
 from dreamrelation.flows.train_relation import train_relation_flow
@@ -62,4 +62,6 @@ def demo_flow(
     for relation in relations:
         results[relation] = relation_pipeline(relation=relation, config=config, force=force)
         logger.info("demo: relation %s finished", relation)
+    report = evaluation_report_flow(relations=list(relations), config=config)
+    logger.info("demo: evaluation report across relations at %s/report.md", report)
     return results

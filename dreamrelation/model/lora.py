@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def add_relation_loras(transformer: nn.Module, cfg: LoraTripletConfig) -> list[s
         config = LoraConfig(
             r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, init_lora_weights=True, target_modules=regex
         )
-        transformer.add_adapter(config, adapter_name=name)
+        with warnings.catch_warnings():  # several named adapters in one model is the point here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            transformer.add_adapter(config, adapter_name=name)
     for param in lora_parameters(transformer).values():
         param.data = param.data.float()  # fp32 master weights, also under a bf16 base
     activate_adapters(transformer, names)

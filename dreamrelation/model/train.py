@@ -144,7 +144,9 @@ def build_state(
     """Load the base transformer, add the LoRAs, and make the optimizer, schedule and banks."""
     transformer = load_transformer(model_dir, dtype=dtype, device=device)
     transformer.requires_grad_(False)
-    adapters = lora.add_relation_loras(transformer, cfg.lora)
+    with torch.random.fork_rng(devices=[]):  # LoRA A matrices: same seed, same initial weights
+        torch.manual_seed(cfg.seed)
+        adapters = lora.add_relation_loras(transformer, cfg.lora)
     transformer.to(device)
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -13,7 +13,8 @@ from dreamrelation.data.latents import encode_latents
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
-from dreamrelation.tasks.selection import MANIFEST_NAME, read_manifest
+from dreamrelation.data.captions import MANIFEST_NAME
+from dreamrelation.data.manifest import read_manifest
 from dreamrelation.tasks.ui import Progress, artifact_key
 
 

@@ -13,7 +13,7 @@ from dreamrelation.data.masks import MASKS_STORE, make_masks
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
-from dreamrelation.tasks.selection import read_manifest
+from dreamrelation.data.manifest import read_manifest
 from dreamrelation.tasks.ui import Progress, artifact_key, store_link
 
 

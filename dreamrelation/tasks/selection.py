@@ -10,27 +10,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
-from dreamrelation.data.captions import caption_manifest, load_clip_captions, write_sidecars
-from dreamrelation.data.manifest import Manifest
+from dreamrelation.data.captions import MANIFEST_NAME, caption_manifest, load_clip_captions, write_sidecars
+from dreamrelation.data.manifest import read_manifest
 from dreamrelation.data.relations import get_relation, load_relation_table
 from dreamrelation.data.select import select_clips
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.data.synthetic import generate_dataset
 from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
-
-MANIFEST_NAME = "manifest.json"
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key: lower-case letters, digits and dashes only."""
-    text = "-".join(parts).lower()
-    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")
-
-
-def read_manifest(uri: str) -> Manifest:
-    with fsspec.open(uri, "r") as handle:
-        return Manifest.model_validate_json(handle.read())
+from dreamrelation.tasks.ui import artifact_key
 
 
 @task(name="generate-synthetic-dataset", cache_policy=NO_CACHE)
