@@ -19,6 +19,7 @@ The server and worker run in their own process groups and are stopped (worker fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -99,24 +100,38 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of `pid` (Linux /proc), e.g. flow-run processes of a worker."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _stop(proc: subprocess.Popen | None, grace: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left."""
+    """SIGTERM the process group and wait; then SIGKILL what is left of the group and of the
+    leader's descendants (the worker starts each flow run in a session of its own)."""
     if proc is None:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the leader is gone; make sure none of its group is left behind
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
+    descendants = _descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in descendants:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
 
 
 def _prefect(env: dict[str, str], *args: str, timeout: float = 120) -> str:

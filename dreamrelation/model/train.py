@@ -384,13 +384,13 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, state.step)
 
-    if sampler is None and cfg.sample_every > 0:
+    last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    if sampler is None and cfg.sample_every > 0 and state.step < last_step:
         from dreamrelation.model.sample import TrainingSampler
 
         sampler = TrainingSampler(model_dir, cfg.sample, cfg.sample_prompt, run_dir / "samples", device, dtype)
 
-    last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    record: dict[str, Any] = {}
+    record = _last_record(metrics_path)
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=None)
     with bar, metrics_path.open("a") as metrics:
         while state.step < last_step:
@@ -444,6 +444,12 @@ def _sample(sampler: Callable[[torch.nn.Module, int], Any], state: TrainState) -
             sampler(state.transformer, state.step)
     finally:
         state.transformer.train()
+
+
+def _last_record(path: Path) -> dict[str, Any]:
+    """The last logged step (so a rerun of a finished run still reports its losses)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

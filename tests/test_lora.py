@@ -1,0 +1,154 @@
+"""The relation LoRA triplet (METHOD.md §2, §3 table) and its inference export (§5)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import MochiTransformer3DModel
+from safetensors import safe_open
+
+from conftest_model import _one_thread, tiny_dir  # noqa: F401  (fixtures)
+from dreamrelation.model import lora
+from dreamrelation.model.config import LoraTripletConfig
+from dreamrelation.model.mochi import load_pipeline, load_transformer
+
+
+def lora_modules(model: torch.nn.Module, adapter: str) -> set[str]:
+    return {name.split(".lora_A.")[0] for name in lora.lora_parameters(model, adapter) if ".lora_A." in name}
+
+
+def test_full_size_mochi_parameter_counts_on_meta_device() -> None:
+    with torch.device("meta"):
+        model = MochiTransformer3DModel()  # the real 48-block, 3072/1536-wide config
+    lora.add_relation_loras(model, LoraTripletConfig())
+    rows = {row["adapter"]: row for row in lora.trainable_parameter_table(model)}
+    assert rows["relation"]["params"] == 16_515_072
+    assert rows["subject1"]["params"] == rows["subject2"]["params"] == 8_257_536
+    assert rows["ffn"]["params"] == 8_183_808
+    assert rows["relation"]["modules"] == 4 * 48 and rows["ffn"]["modules"] == 2 * 48 - 1
+    assert all(not n.startswith("time_embed") for n in lora.lora_parameters(model))
+
+
+def test_adapters_sit_exactly_where_the_table_says(tiny_dir: Path) -> None:
+    model = load_transformer(tiny_dir)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=4))
+    blocks = model.config.num_layers
+
+    def where(*names: str, last: bool = True) -> set[str]:
+        return {
+            f"transformer_blocks.{i}.attn1.{n}"
+            for i in range(blocks)
+            for n in names
+            if last or i < blocks - 1 or n != "to_add_out"
+        }
+
+    assert lora_modules(model, "relation") == where("to_q", "to_k", "add_q_proj", "add_k_proj")
+    assert lora_modules(model, "subject1") == lora_modules(model, "subject2") == where("to_v", "add_v_proj")
+    assert lora_modules(model, "ffn") == where("to_out.0", "to_add_out", last=False)
+    # B starts at zero: the adapters do not change the base model yet
+    assert all(p.abs().sum() == 0 for n, p in lora.lora_parameters(model).items() if ".lora_B." in n)
+    assert all(p.dtype == torch.float32 for p in lora.lora_parameters(model).values())
+    assert not any(p.requires_grad for n, p in model.named_parameters() if lora.adapter_of(n) is None)
+
+
+@pytest.mark.parametrize(
+    "positions, names",
+    [("QK", {"to_q", "to_k", "add_q_proj", "add_k_proj"}), ("Q", {"to_q", "add_q_proj"}),
+     ("KV", {"to_k", "to_v", "add_k_proj", "add_v_proj"}), ("V", {"to_v", "add_v_proj"})],
+)
+def test_relation_positions_of_table_3(tiny_dir: Path, positions: str, names: set[str]) -> None:
+    model = load_transformer(tiny_dir)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, relation_positions=positions))
+    assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "relation")} == names
+
+
+def test_direct_baseline_and_ablation_switches(tiny_dir: Path) -> None:
+    model = load_transformer(tiny_dir)
+    names = lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
+    assert names == ["direct"]
+    short = {m.split("attn1.")[1] for m in lora_modules(model, "direct")}
+    assert short == {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
+
+    no_subject = LoraTripletConfig(use_subject=False)
+    assert list(lora.adapter_targets(no_subject)) == ["relation", "ffn"]
+    assert lora.available_groups(no_subject) == ["relation"]
+    assert lora.select_lora_group("relation", no_subject) == ["relation", "ffn"]
+    assert lora.select_lora_group("subject1", LoraTripletConfig(use_ffn=False)) == ["subject1"]
+    with pytest.raises(ValueError):
+        LoraTripletConfig(use_relation=False, use_subject=False, use_ffn=False)
+
+
+def test_select_lora_group_is_the_hmt_table() -> None:
+    assert lora.select_lora_group("relation") == ["relation", "subject1", "subject2", "ffn"]
+    assert lora.select_lora_group("subject1") == ["subject1", "ffn"]
+    assert lora.select_lora_group("subject2") == ["subject2", "ffn"]
+    with pytest.raises(ValueError, match="unknown LoRA group"):
+        lora.select_lora_group("subject3")
+
+
+def test_activate_adapters_makes_exactly_those_trainable(tiny_dir: Path, caplog) -> None:
+    model = load_transformer(tiny_dir)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=4))
+    lora.activate_adapters(model, lora.select_lora_group("subject2"))
+    trainable = {lora.adapter_of(n) for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"subject2", "ffn"}
+    with caplog.at_level(logging.INFO, logger="dreamrelation.model"):
+        rows = lora.trainable_parameter_table(model)
+    assert [(r["adapter"], r["trainable"]) for r in rows] == [
+        ("relation", False), ("subject1", False), ("subject2", True), ("ffn", True)
+    ]
+    assert "LoRA subject2" in caplog.text
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in lora.lora_parameters(model).values():
+            param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+
+
+def test_exported_lora_loads_through_the_pipeline_and_reproduces_the_model(tiny_dir: Path, tmp_path: Path) -> None:
+    model = load_transformer(tiny_dir)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=8.0))  # alpha / r = 2 must be folded in
+    _randomize(model)
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(
+        hidden_states=torch.randn(1, 12, 3, 4, 4, generator=g),
+        encoder_hidden_states=torch.randn(1, 256, 32, generator=g),
+        timestep=torch.tensor([250.0]),
+        encoder_attention_mask=torch.arange(256)[None] < 9,
+        return_dict=False,
+    )
+    lora.activate_adapters(model, ["relation", "ffn"])
+    with torch.no_grad():
+        trained = model(**inputs)[0]
+
+    path = lora.export_inference_lora(model, tmp_path / "relation_lora.safetensors")
+    with safe_open(path, "pt") as f:
+        keys = list(f.keys())
+    assert all(k.startswith("transformer.transformer_blocks.") for k in keys)
+    assert not any("to_v" in k or "add_v_proj" in k for k in keys)  # no subject adapters
+
+    pipe = load_pipeline(tiny_dir)
+    with torch.no_grad():
+        base = pipe.transformer(**inputs)[0]
+    pipe.load_lora_weights(str(path))
+    with torch.no_grad():
+        loaded = pipe.transformer(**inputs)[0]
+    assert not torch.allclose(base, trained, atol=1e-3)
+    assert torch.allclose(loaded, trained, atol=1e-5)
+
+
+def test_direct_export_keeps_the_single_adapter(tiny_dir: Path, tmp_path: Path) -> None:
+    model = load_transformer(tiny_dir)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
+    _randomize(model)
+    state = lora.inference_state_dict(model)
+    assert any(".to_v.lora_A." in k for k in state)
+    assert len(state) == len(lora.lora_parameters(model))
+    lora.export_inference_lora(model, tmp_path / "direct.safetensors")
+    with pytest.raises(ValueError, match="no inference adapter"):
+        lora.inference_state_dict(load_transformer(tiny_dir))

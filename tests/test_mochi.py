@@ -1,0 +1,114 @@
+"""Base model: tiny demo models, local loading, encoding helpers (METHOD.md §1)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+from transformers import T5EncoderModel
+
+from conftest_model import _one_thread, text, tiny_dir, vae_config  # noqa: F401  (fixtures)
+from dreamrelation.model import mochi
+from dreamrelation.model.config import BaseModelConfig
+
+
+def test_tiny_model_has_the_diffusers_layout_and_loads_through_the_pipeline(tiny_dir: Path) -> None:
+    for name in (*mochi.COMPONENTS, "model_index.json"):
+        assert (tiny_dir / name).exists(), name
+    pipe = MochiPipeline.from_pretrained(tiny_dir, local_files_only=True)
+    assert isinstance(pipe.transformer, MochiTransformer3DModel)
+    assert isinstance(pipe.vae, AutoencoderKLMochi)
+    assert isinstance(pipe.text_encoder, T5EncoderModel)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.invert_sigmas
+    # METHOD.md §1 constraints of the tiny configs
+    assert pipe.vae.config.latent_channels == 12
+    assert pipe.vae.spatial_compression_ratio == 8 and pipe.vae.temporal_compression_ratio == 6
+    assert pipe.transformer.config.text_embed_dim == pipe.text_encoder.config.d_model
+    assert pipe.transformer.config.attention_head_dim % 2 == 0
+    assert pipe.transformer.pos_frequencies.abs().sum() > 0  # not the zeros of a fresh model
+
+
+def test_tiny_build_is_deterministic_and_idempotent(tmp_path: Path, tiny_dir: Path) -> None:
+    marker = tiny_dir / "model_index.json"
+    before = marker.stat().st_mtime_ns
+    assert mochi.ensure_tiny_mochi(tiny_dir) == tiny_dir
+    assert marker.stat().st_mtime_ns == before  # not rebuilt
+    other = mochi.build_tiny_mochi(tmp_path / "again", seed=0)
+    a = mochi.load_transformer(tiny_dir).state_dict()
+    b = mochi.load_transformer(other).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob(".again.tmp-*"))  # the temporary build folder is gone
+
+
+def test_an_incomplete_folder_is_never_used_and_gets_rebuilt(tmp_path: Path, tiny_dir: Path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_dir, partial)
+    shutil.rmtree(partial / "vae")
+    assert mochi.missing_components(partial) == ["vae/config.json", "vae/ weights (*.safetensors)"]
+    mochi.ensure_tiny_mochi(partial)
+    assert mochi.missing_components(partial) == []
+
+
+def test_missing_model_folder_error_names_what_and_how(tmp_path: Path, tiny_dir: Path) -> None:
+    folder = tmp_path / "mochi"
+    shutil.copytree(tiny_dir, folder)
+    shutil.rmtree(folder / "text_encoder")
+    cfg = BaseModelConfig(profile="mochi-1", model_dir=str(folder))
+    with pytest.raises(mochi.ModelFolderError) as err:
+        mochi.resolve_model_dir(cfg)
+    message = str(err.value)
+    assert "text_encoder/config.json" in message
+    assert f"huggingface-cli download genmo/mochi-1-preview --local-dir {folder}" in message
+    with pytest.raises(mochi.ModelFolderError, match="needs model_dir"):
+        mochi.resolve_model_dir(BaseModelConfig(profile="mochi-1", models_cache=str(tmp_path / "empty")))
+    with pytest.raises(mochi.ModelFolderError):
+        mochi.load_transformer(tmp_path / "nothing")
+    assert mochi.resolve_model_dir(BaseModelConfig(profile="mochi-1", model_dir=str(tiny_dir))) == tiny_dir
+
+
+def test_demo_profile_builds_under_the_models_cache(tmp_path: Path) -> None:
+    folder = mochi.resolve_model_dir(BaseModelConfig(models_cache=str(tmp_path), tiny_seed=3))
+    assert folder == mochi.tiny_model_dir(tmp_path, 3) and not mochi.missing_components(folder)
+
+
+def test_device_and_dtype_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert mochi.resolve_device(BaseModelConfig(device="cpu")) == cpu
+    assert mochi.resolve_dtype(BaseModelConfig(), cpu) == torch.float32
+    assert mochi.resolve_dtype(BaseModelConfig(), torch.device("cuda")) == torch.bfloat16
+    assert mochi.resolve_dtype(BaseModelConfig(dtype="bfloat16"), cpu) == torch.bfloat16
+
+
+def test_encode_text_is_exactly_what_the_pipeline_feeds_the_transformer(tiny_dir: Path) -> None:
+    tokenizer, encoder = mochi.load_text_encoder(tiny_dir)
+    prompts = ["A bear is shaking hands with a raccoon in a meadow.", ""]
+    embeds, mask = mochi.encode_text(tokenizer, encoder, prompts)
+    pipe = mochi.load_pipeline(tiny_dir)
+    with torch.no_grad():  # as inside MochiPipeline.__call__
+        ref_embeds, ref_mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
+    assert embeds.shape == (2, 256, encoder.config.d_model) and mask.dtype == torch.bool
+    assert torch.equal(embeds, ref_embeds) and torch.equal(mask, ref_mask)
+    assert mask[1].sum() == 1  # "" is just </s>
+
+
+def test_encode_video_and_latent_normalization(tiny_dir: Path, vae_config) -> None:
+    vae = mochi.load_vae(tiny_dir)
+    video = torch.rand(1, 3, 13, 32, 48) * 2 - 1
+    mean, logvar = mochi.encode_video(vae, video)
+    assert mean.shape == logvar.shape == (1, 12, 3, 4, 6)  # f = (13 - 1) / 6 + 1, 8x spatial
+
+    z = mochi.normalize_latents(mean, vae_config)
+    c = 7
+    expected = (mean[0, c] - vae_config.latents_mean[c]) / vae_config.latents_std[c] * vae_config.scaling_factor
+    assert torch.allclose(z[0, c], expected)
+    # MochiPipeline's own un-normalization before decoding inverts it
+    std = torch.tensor(vae_config.latents_std).view(1, 12, 1, 1, 1)
+    mu = torch.tensor(vae_config.latents_mean).view(1, 12, 1, 1, 1)
+    assert torch.allclose(z * std / vae_config.scaling_factor + mu, mean, atol=1e-6)
+    assert torch.allclose(mochi.denormalize_latents(z, vae_config), mean, atol=1e-6)
+    # unbatched (C, f, h, w) and a plain mapping (as stored in zarr attrs) work the same
+    norm = mochi.LatentNorm.from_config(dict(vae_config))
+    assert torch.allclose(mochi.normalize_latents(mean[0], norm), z[0])
