@@ -85,3 +85,18 @@ def test_corrupt_video_is_dropped_with_reason(tmp_path, synthetic_root):
     manifest = _select(root, relation="A112", clips_per_relation=1)
     dropped = {d.clip_id: d.reason for d in manifest.dropped}
     assert dropped[victim.name.removesuffix("_rgb.avi")].startswith("unreadable video: cannot read video")
+
+
+def test_selection_from_an_fsspec_url(synthetic_root):
+    """An object-store root (here fsspec's in-memory filesystem) works like a local folder."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in sorted(synthetic_root.rglob("*A055*")):
+        if path.suffix in (".avi", ".skeleton"):
+            fs.put(str(path), f"/ntu-url/{path.parent.name}/{path.name}")
+    local = _select(synthetic_root, relation="A055", clips_per_relation=3, seed=2)
+    remote = _select("memory://ntu-url", relation="A055", clips_per_relation=3, seed=2)
+    assert remote.clip_ids == local.clip_ids
+    assert all(c.video.startswith("memory://") for c in remote.clips)
+    assert [c.frames for c in remote.clips] == [c.frames for c in local.clips]

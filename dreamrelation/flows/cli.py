@@ -6,8 +6,11 @@ import os
 
 # Method code logs to `dreamrelation.*`; route those records into Prefect's run logs (and UI).
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dreamrelation")
+# ... and stay quiet about records logged outside a flow run (e.g. `dreamrelation sample`).
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 import logging  # noqa: E402
+import warnings  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
@@ -271,6 +274,8 @@ def fan_out(
 
 
 def main() -> None:
+    # diffusers' Mochi RoPE asks for float32 CPU autocast on every forward pass (harmless).
+    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
     app(prog_name="dreamrelation")
 
 
