@@ -11,6 +11,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["conftest_model"]  # the model-layer fixtures (tiny Mochi, text features)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tiny models are dispatch-bound: one torch thread is faster and steadier on 2 cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):

@@ -6,7 +6,6 @@ The tiny models are built once per session under the session's base temp folder
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from dreamrelation.model.mochi import encode_text, ensure_tiny_mochi, load_text_
 from dreamrelation.model.train import TrainClip
 
 CAPTION = "A man is shaking hands with a woman."
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models are dispatch-bound: one thread is faster and steadier on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

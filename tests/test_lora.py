@@ -10,7 +10,6 @@ import torch
 from diffusers import MochiTransformer3DModel
 from safetensors import safe_open
 
-from conftest_model import _one_thread, tiny_dir  # noqa: F401  (fixtures)
 from dreamrelation.model import lora
 from dreamrelation.model.config import LoraTripletConfig
 from dreamrelation.model.mochi import load_pipeline, load_transformer

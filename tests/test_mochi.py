@@ -10,7 +10,6 @@ import torch
 from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
 from transformers import T5EncoderModel
 
-from conftest_model import _one_thread, text, tiny_dir, vae_config  # noqa: F401  (fixtures)
 from dreamrelation.model import mochi
 from dreamrelation.model.config import BaseModelConfig
 

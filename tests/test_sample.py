@@ -7,17 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest_model import Text, cpu_base, make_clips, tiny_train_config
 
-from conftest_model import (  # noqa: F401  (fixtures)
-    Text,
-    _one_thread,
-    cpu_base,
-    make_clips,
-    text,
-    tiny_dir,
-    tiny_train_config,
-    vae_config,
-)
 from dreamrelation.data.video import read_video
 from dreamrelation.model import lora
 from dreamrelation.model import train as T

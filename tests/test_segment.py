@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from dreamrelation.data.manifest import ClipRecord, Manifest
@@ -17,15 +16,6 @@ from dreamrelation.model import segment
 
 RELATION = "A112"
 VIDEO = VideoConfig(num_frames=7, height=48, width=80, fps=30.0, aspect=80 / 48)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (and a busy 2-core machine does not thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

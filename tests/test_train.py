@@ -9,22 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest_model import Text, cpu_base, make_clips, tiny_train_config
 from safetensors.torch import load_file
 
-from conftest_model import (  # noqa: F401  (fixtures)
-    Text,
-    _one_thread,
-    cpu_base,
-    make_clips,
-    text,
-    tiny_dir,
-    tiny_train_config,
-    vae_config,
-)
 from dreamrelation.model import lora
 from dreamrelation.model import train as T
 from dreamrelation.model.config import LoraTripletConfig, TrainConfig
-from dreamrelation.model.mochi import denormalize_latents, load_pipeline, load_transformer, normalize_latents
+from dreamrelation.model.mochi import (
+    denormalize_latents,
+    load_pipeline,
+    load_transformer,
+    normalize_latents,
+)
 from dreamrelation.model.sample import load_inference_pipeline
 
 # --------------------------------------------------------------------------- conventions

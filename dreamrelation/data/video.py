@@ -12,37 +12,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO
+from typing import IO, Annotated
 
 import av
 import cv2
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 TEMPORAL_COMPRESSION = 6
+
+
+def _check_frame_count(value: int) -> int:
+    latent_frames(value)
+    return value
+
+
+def _check_multiple_of_16(value: int) -> int:
+    if value <= 0 or value % 16:
+        raise ValueError(f"{value} is not a positive multiple of 16")
+    return value
+
+
+#: A clip length the causal VAE accepts (6k + 1 frames) and a frame side it accepts (16 | size).
+FrameCount = Annotated[int, AfterValidator(_check_frame_count)]
+FrameSide = Annotated[int, AfterValidator(_check_multiple_of_16)]
 
 
 class VideoConfig(BaseModel):
     """Target format of training clips (METHOD.md §1: 61 frames, 480x848, 30 fps)."""
 
-    num_frames: int = Field(61, description="Frames per clip; must be 6k+1 (61 -> 11 latent frames)")
-    height: int = Field(480, description="Height in pixels after crop/resize (multiple of 16)")
-    width: int = Field(848, description="Width in pixels after crop/resize (multiple of 16)")
-    fps: float = Field(30.0, description="Frame rate clips are resampled to")
-    aspect: float = Field(848 / 480, description="Width/height of the centre crop taken before resizing")
-
-    @field_validator("num_frames")
-    @classmethod
-    def _six_k_plus_one(cls, value: int) -> int:
-        latent_frames(value)
-        return value
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_16(cls, value: int) -> int:
-        if value <= 0 or value % 16:
-            raise ValueError(f"{value} is not a positive multiple of 16")
-        return value
+    num_frames: FrameCount = Field(61, description="Frames per clip; must be 6k+1 (61 -> 11 latent frames)")
+    height: FrameSide = Field(480, description="Height in pixels after crop/resize (multiple of 16)")
+    width: FrameSide = Field(848, description="Width in pixels after crop/resize (multiple of 16)")
+    fps: float = Field(30.0, gt=0, description="Frame rate clips are resampled to")
+    aspect: float = Field(848 / 480, gt=0, description="Width/height of the centre crop taken before resizing")
 
 
 class VideoError(ValueError):

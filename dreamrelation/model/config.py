@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: Latent frames are (F - 1) / 6 + 1 (METHOD.md §1); spatial sizes must be multiples of 16.
-TEMPORAL_COMPRESSION = 6
+from dreamrelation.data.video import FrameCount, FrameSide
 
 
 class _Strict(BaseModel):
@@ -98,26 +97,12 @@ class SampleConfig(_Strict):
 
     steps: int = Field(default=64, ge=1, description="Euler steps of the MochiPipeline.")
     guidance: float = Field(default=6.0, ge=0, description="Classifier-free guidance scale (1 = off).")
-    frames: int = Field(default=61, description="Frames to generate; must be 6k+1.")
-    height: int = Field(default=480, description="Height in pixels (multiple of 16).")
-    width: int = Field(default=848, description="Width in pixels (multiple of 16).")
+    frames: FrameCount = Field(default=61, description="Frames to generate; must be 6k+1.")
+    height: FrameSide = Field(default=480, description="Height in pixels (multiple of 16).")
+    width: FrameSide = Field(default=848, description="Width in pixels (multiple of 16).")
     fps: float = Field(default=30.0, gt=0, description="Frame rate of the written video.")
     seed: int = Field(default=0, description="Seed of the initial noise.")
     negative_prompt: str = Field(default="", description="Negative prompt for guidance.")
-
-    @field_validator("frames")
-    @classmethod
-    def _six_k_plus_one(cls, value: int) -> int:
-        if value < 1 or (value - 1) % TEMPORAL_COMPRESSION:
-            raise ValueError(f"{value} frames is not of the form 6k+1 (e.g. 25, 49, 61)")
-        return value
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_16(cls, value: int) -> int:
-        if value <= 0 or value % 16:
-            raise ValueError(f"{value} is not a positive multiple of 16")
-        return value
 
     @classmethod
     def demo(cls) -> SampleConfig:
