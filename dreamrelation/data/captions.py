@@ -6,18 +6,15 @@ The sidecar layout is the authors' training-folder layout: `<relation dir>/<clip
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 from typing import Literal
 
 import fsspec
-import yaml
 from pydantic import BaseModel, Field
 
 from dreamrelation.data.manifest import Manifest
-from dreamrelation.data.relations import Relation
+from dreamrelation.data.relations import Relation, read_user_table
 
 
 MANIFEST_NAME = "manifest.json"  # the captioned manifest inside a write_captions artifact
@@ -40,22 +37,15 @@ class CaptionConfig(BaseModel):
 
 def load_clip_captions(path: str | Path) -> dict[str, str]:
     """Per-clip captions from CSV (`clip_id,caption`) or YAML (`clip_id: caption`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CaptionError(f"caption file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-        if rows and not {"clip_id", "caption"} <= set(rows[0]):
+    data = read_user_table(path, "caption file", CaptionError) or {}
+    if isinstance(data, list):  # CSV rows
+        if data and not {"clip_id", "caption"} <= set(data[0]):
             raise CaptionError(f"caption file {path}: the CSV header must have columns clip_id,caption")
-        captions = {row["clip_id"].strip(): (row["caption"] or "").strip() for row in rows}
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise CaptionError(f"caption file {path}: expected a mapping clip_id -> caption")
+        captions = {row["clip_id"].strip(): (row["caption"] or "").strip() for row in data}
+    elif isinstance(data, dict):
         captions = {str(k).strip(): str(v).strip() for k, v in data.items()}
     else:
-        raise CaptionError(f"caption file {path}: use .csv, .yaml or .yml")
+        raise CaptionError(f"caption file {path}: expected a mapping clip_id -> caption")
     empty = [clip for clip, caption in captions.items() if not caption]
     if empty:
         raise CaptionError(f"caption file {path}: empty caption for {', '.join(empty[:5])}")

@@ -99,11 +99,7 @@ def encode_captions(
             masks[i] = mask[row].cpu().numpy()
     group.attrs.update(
         {
-            "format_version": FORMAT_VERSION,
-            "stage": "encode_latents",
-            "relation": manifest.relation,
-            "fingerprint": fingerprint,
-            "model": _model_identity(model, model_dir),
+            **_stage_attrs(manifest, fingerprint, model, model_dir),
             "text_encoder": type(encoder).__name__,
             "max_length": length,
             "embed_dim": int(width),
@@ -224,11 +220,7 @@ def encode_latents(
     group = zarr.open_group(zarr_location(f"{location}/{LATENTS_STORE}"), mode="r+")
     group.attrs.update(
         {
-            "format_version": FORMAT_VERSION,
-            "stage": "encode_latents",
-            "relation": manifest.relation,
-            "fingerprint": fingerprint,
-            "model": _model_identity(model, model_dir),
+            **_stage_attrs(manifest, fingerprint, model, model_dir),
             "video": video.model_dump(mode="json"),
             "config": config.model_dump(mode="json"),
             "frames": video.num_frames,
@@ -242,6 +234,17 @@ def encode_latents(
     log.info("encode_latents %s: %d ok, %d failed of %d clips", manifest.relation, summary["ok"],
              summary["failed"], summary["clips"])
     return summary
+
+
+def _stage_attrs(manifest: Manifest, fingerprint: str, model: BaseModelConfig, model_dir: str) -> dict[str, Any]:
+    """Attributes both stores of the stage carry: format, stage, relation, fingerprint, model."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "stage": "encode_latents",
+        "relation": manifest.relation,
+        "fingerprint": fingerprint,
+        "model": _model_identity(model, model_dir),
+    }
 
 
 def _model_identity(model: BaseModelConfig, model_dir: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,6 +65,26 @@ class RelationError(ValueError):
     """An unknown relation id or a malformed relation table file."""
 
 
+def read_user_table(path: str | Path, what: str, error: type[ValueError]) -> Any:
+    """Parse a user-supplied .csv (-> list of row dicts) or .yaml/.yml (-> its data) file.
+
+    Errors name the file and what it was for (`what`, e.g. "relation table").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if suffix in (".yaml", ".yml"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise error(f"{what} {path} is not valid YAML: {exc}") from None
+    raise error(f"{what} {path}: use a .yaml, .yml or .csv file")
+
+
 def load_relation_table(path: str | Path | None = None) -> dict[str, Relation]:
     """The 26 NTU relations, updated with the rows of a user YAML/CSV file if given.
 
@@ -73,17 +94,8 @@ def load_relation_table(path: str | Path | None = None) -> dict[str, Relation]:
     table = dict(NTU_MUTUAL_RELATIONS)
     if path is None:
         return table
-    path = Path(path)
-    if not path.is_file():
-        raise RelationError(f"relation table {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or []
-        rows = [{"id": k, **(v or {})} for k, v in data.items()] if isinstance(data, dict) else data
-    else:
-        raise RelationError(f"relation table {path}: use a .yaml, .yml or .csv file")
+    data = read_user_table(path, "relation table", RelationError) or []
+    rows = [{"id": k, **(v or {})} for k, v in data.items()] if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise RelationError(f"relation table {path}: expected a list of rows or a mapping of ids")
     for number, row in enumerate(rows, start=1):

@@ -14,11 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dreamrelation.data.video import FrameCount, FrameSide
 
 
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """Base of the config models: unknown fields are errors (a typo never passes silently)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class BaseModelConfig(_Strict):
+class BaseModelConfig(StrictConfig):
     """Where the Mochi-1 base model comes from and where it runs (METHOD.md §1)."""
 
     profile: Literal["demo", "mochi-1"] = Field(
@@ -57,7 +59,7 @@ class BaseModelConfig(_Strict):
         return cls(profile="demo", device="cpu", dtype="float32")
 
 
-class LoraTripletConfig(_Strict):
+class LoraTripletConfig(StrictConfig):
     """Where the LoRAs go (METHOD.md §2, ablations of §6 / paper Table 3)."""
 
     mode: Literal["triplet", "direct"] = Field(
@@ -92,7 +94,7 @@ class LoraTripletConfig(_Strict):
         return cls(rank=4, alpha=4.0)
 
 
-class SampleConfig(_Strict):
+class SampleConfig(StrictConfig):
     """Sampling with the base model plus the inference LoRA (METHOD.md §5)."""
 
     steps: int = Field(default=64, ge=1, description="Euler steps of the MochiPipeline.")
@@ -110,7 +112,7 @@ class SampleConfig(_Strict):
         return cls(steps=4, frames=25, height=96, width=160)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     """The training run (METHOD.md §3-§5)."""
 
     steps: int = Field(default=2400, ge=1, description="Optimizer steps (batch size 1).")

@@ -12,9 +12,9 @@ import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dreamrelation.model.config import SampleConfig
+from dreamrelation.model.config import SampleConfig, StrictConfig
 
 #: Placeholders a relation-accuracy question template may use.
 QUESTION_FIELDS: frozenset[str] = frozenset({"relation", "prompt"})
@@ -27,11 +27,7 @@ DEFAULT_QUESTION_TEMPLATE = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClipMetricConfig(_Strict):
+class ClipMetricConfig(StrictConfig):
     """CLIP-T and temporal consistency (METHOD.md §6)."""
 
     model_dir: str | None = Field(
@@ -43,7 +39,7 @@ class ClipMetricConfig(_Strict):
     batch_size: int = Field(default=32, ge=1, description="Frames per CLIP image forward pass.")
 
 
-class FVDConfig(_Strict):
+class FVDConfig(StrictConfig):
     """FVD from I3D features (METHOD.md §6).
 
     The common TorchScript I3D (Kinetics-400) takes float32 (B, 3, T, 224, 224) in [-1, 1],
@@ -85,7 +81,7 @@ class FVDConfig(_Strict):
         return self
 
 
-class VLMConfig(_Strict):
+class VLMConfig(StrictConfig):
     """Relation accuracy with a vision-language model (METHOD.md §6)."""
 
     backend: Literal["openai", "transformers"] = Field(
@@ -154,7 +150,7 @@ class VLMConfig(_Strict):
         return self
 
 
-class AnalysisConfig(_Strict):
+class AnalysisConfig(StrictConfig):
     """Q/K/V subspace similarity (METHOD.md §7)."""
 
     transformer_dir: str | None = Field(
@@ -177,7 +173,7 @@ def method_slug(name: str) -> str:
     return _SLUG.sub("-", name.lower()).strip("-")
 
 
-class EvalMethod(_Strict):
+class EvalMethod(StrictConfig):
     """One row of the results table (paper Table 1): which weights generate the videos."""
 
     name: str = Field(description="Row label in the report, e.g. 'DreamRelation', 'Mochi (base)', 'Direct LoRA'.")
@@ -224,7 +220,7 @@ def tiny_eval_model_paths(models_cache: str | Path, seed: int = 0) -> dict[str, 
     }
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictConfig):
     """Settings of the `evaluate` stage (METHOD.md §6): what is generated and how it is scored."""
 
     methods: list[EvalMethod] = Field(
