@@ -3,8 +3,9 @@
 import pytest
 from typer.testing import CliRunner
 
-import dreamrelation.flows.pipeline  # noqa: F401  (Prefect binds its console log handler to sys.stderr
-# when flows are first imported: do it here, not inside CliRunner's temporary, later closed, streams)
+# Prefect binds its console log handler to sys.stderr when flows are first imported: import them
+# here, not inside CliRunner's temporary (later closed) streams.
+import dreamrelation.flows.pipeline  # noqa: F401
 from dreamrelation.flows.cli import app
 
 runner = CliRunner()

@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 from dreamrelation.data.manifest import Manifest
 from dreamrelation.data.relations import Relation, read_user_table
 
-
 MANIFEST_NAME = "manifest.json"  # the captioned manifest inside a write_captions artifact
 
 

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from dreamrelation.data.manifest import ClipRecord, Manifest
-from dreamrelation.data.store import fetch_local, zarr_location
 from dreamrelation.data.masks import latent_shape
+from dreamrelation.data.store import fetch_local, zarr_location
 from dreamrelation.data.video import VideoConfig, load_clip
 
 if TYPE_CHECKING:

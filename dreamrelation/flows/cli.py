@@ -10,8 +10,8 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dreamrelation")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 import logging  # noqa: E402
-import warnings  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 

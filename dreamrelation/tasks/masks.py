@@ -9,11 +9,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
+from dreamrelation.data.manifest import read_manifest
 from dreamrelation.data.masks import MASKS_STORE, make_masks
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
-from dreamrelation.data.manifest import read_manifest
 from dreamrelation.tasks.ui import Progress, artifact_key, store_link
 
 
