@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class TrainResult:
     loss_rec: float | None
     loss_rcl: float | None
     resumed_from: int
+    parameter_table: list[dict[str, object]]  # trainable parameters per adapter (METHOD.md §2)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -96,6 +97,7 @@ class TrainState:
     dtype: torch.dtype
     step: int = 0  # completed optimizer steps
     active: tuple[str, ...] = ()
+    parameter_table: list[dict[str, object]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- rectified flow
@@ -151,7 +153,7 @@ def build_state(
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    lora.trainable_parameter_table(transformer)
+    table = lora.trainable_parameter_table(transformer)
     params = list(lora.lora_parameters(transformer).values())  # sorted names: a stable order
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -167,6 +169,7 @@ def build_state(
         groups=lora.available_groups(cfg.lora) if cfg.hmt else ["all"],
         device=device,
         dtype=dtype,
+        parameter_table=table,
     )
 
 
@@ -354,6 +357,7 @@ def train(
     *,
     stop_at: int | None = None,
     sampler: Callable[[torch.nn.Module, int], Any] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train the relation LoRAs on `clips`; resume from the newest checkpoint in `run_dir`.
 
@@ -361,7 +365,8 @@ def train(
     `vae_norm` is the VAE config (or `LatentNorm`) whose latents_mean / latents_std /
     scaling_factor normalize the latents as `MochiPipeline` un-normalizes them.
     `stop_at` stops after that step as if interrupted (no export); `sampler(transformer, step)`
-    replaces the default periodic sampler (relation + FFN LoRAs through `MochiPipeline`).
+    replaces the default periodic sampler (relation + FFN LoRAs through `MochiPipeline`);
+    `on_step(record)` is called after every step with its log record (progress reporting).
     At the end the inference LoRA is written to `run_dir/relation_lora.safetensors`.
     """
     base = base or BaseModelConfig()
@@ -413,6 +418,8 @@ def train(
             )
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss_rec']:.4f}", group=record["group"])
+            if on_step is not None:
+                on_step(record)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 save_checkpoint(state, run_dir, cfg)
             if sampler is not None and cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
@@ -430,6 +437,7 @@ def train(
         loss_rec=record.get("loss_rec"),
         loss_rcl=record.get("loss_rcl"),
         resumed_from=resumed_from,
+        parameter_table=state.parameter_table,
     )
 
 

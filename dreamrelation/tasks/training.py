@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
@@ -13,6 +14,7 @@ from dreamrelation.data.training_data import load_training_clips
 from dreamrelation.model.train import train
 from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
+from dreamrelation.tasks.ui import Progress, artifact_key
 
 
 @task(name="train-relation", cache_policy=NO_CACHE)
@@ -25,7 +27,21 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
 
     def build(run_dir: str, summary: dict[str, Any]) -> None:
         data = load_training_clips(latents_uri, masks_uri)
-        result = train(data.clips, data.empty_text, data.vae_norm, config.train, run_dir, config.model)
+        with Progress(artifact_key(relation, "train-steps"), config.train.steps, "training steps") as bar:
+            result = train(
+                data.clips,
+                data.empty_text,
+                data.vae_norm,
+                config.train,
+                run_dir,
+                config.model,
+                on_step=lambda record: bar.update(record["step"]),
+            )
+        create_table_artifact(
+            key=artifact_key(relation, "lora-parameters"),
+            table=result.parameter_table,
+            description=f"Trainable parameters per adapter ({relation})",
+        )
         summary.update(
             clips=len(data.clips),
             steps=result.final_step,
@@ -33,6 +49,7 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
             loss_rec=result.loss_rec,
             loss_rcl=result.loss_rcl,
             lora=str(result.lora_path.name) if result.lora_path else None,
+            left_out=data.left_out,
         )
 
     return run_stage(store, plan["train_relation"], build, force, resumable=True)
