@@ -101,10 +101,10 @@ def demo(
 
     chosen = [r.strip() for r in relations.split(",") if r.strip()]
     cfg = _config(config, set_, chosen)
-    results = _guard(demo_flow, relations=chosen, config=cfg, force=force)
+    results, report_uri = _guard(demo_flow, relations=chosen, config=cfg, force=force)
     _report([r for stage_results in results.values() for r in stage_results])
     typer.echo(f"\nartifacts under {cfg.root}; synthetic dataset under {cfg.select.dataset_root}")
-    typer.echo(f"evaluation report across relations: {cfg.root}/reports/ (report.md)")
+    typer.echo(f"evaluation report across relations: {report_uri}/report.md")
 
 
 @app.command()

@@ -64,4 +64,4 @@ def demo_flow(
         logger.info("demo: relation %s finished", relation)
     report = evaluation_report_flow(relations=list(relations), config=config)
     logger.info("demo: evaluation report across relations at %s/report.md", report)
-    return results
+    return results, report
