@@ -27,6 +27,7 @@ from dreamrelation.model.config_eval import EvalConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_RELATIONS = ["A058", "A055", "A112"]
+DEMO_DATASET = ".dreamrelation/demo/ntu"
 
 
 class ConfigError(ValueError):
@@ -53,14 +54,18 @@ class PipelineConfig(BaseModel):
     )
     video: VideoConfig = Field(default_factory=_demo_video, description="Target clip format shared by all stages")
     select: SelectConfig = Field(
-        default_factory=lambda: SelectConfig(clips_per_relation=4), description="Clip selection"
+        default_factory=lambda: SelectConfig(dataset_root=DEMO_DATASET, clips_per_relation=4), description="Clip selection"
     )
     captions: CaptionConfig = Field(default_factory=CaptionConfig, description="Captions and sidecar files")
     model: BaseModelConfig = Field(default_factory=BaseModelConfig.demo, description="Base model (Mochi-1 or tiny demo)")
     latents: LatentConfig = Field(default_factory=LatentConfig, description="VAE/T5 latent precompute")
     masks: MaskConfig = Field(default_factory=lambda: MaskConfig(backend="skeleton-box"), description="Subject masks")
     train: TrainConfig = Field(default_factory=TrainConfig.demo, description="Training")
-    evaluate: EvalConfig = Field(default_factory=EvalConfig.demo, description="Evaluation")
+    evaluate: EvalConfig = Field(
+        # FVD reference set of the demo: the synthetic dataset's own videos.
+        default_factory=lambda: EvalConfig.demo(reference_videos_dir=f"{DEMO_DATASET}/nturgb+d_rgb"),
+        description="Evaluation",
+    )
 
     @model_validator(mode="after")
     def _real_runs_need_real_mask_models(self) -> PipelineConfig:

@@ -272,18 +272,20 @@ class EvalConfig(StrictConfig):
         return value
 
     @classmethod
-    def demo(cls, models_cache: str | Path = ".dreamrelation/models", seed: int = 0) -> EvalConfig:
+    def demo(
+        cls, models_cache: str | Path = ".dreamrelation/models", seed: int = 0, reference_videos_dir: str | None = None
+    ) -> EvalConfig:
         """Tiny CPU preset: 2 prompts, tiny sampling, tiny random CLIP / I3D / VLM built on first use.
 
-        FVD has an I3D but no reference videos, so it is reported as not computed (set
-        fvd.reference_videos_dir to a folder of videos to compute it).
+        Without `reference_videos_dir` FVD is reported as not computed (the pipeline's demo
+        default points it at the synthetic dataset's videos).
         """
         paths = tiny_eval_model_paths(models_cache, seed)
         return cls(
             prompts_per_relation=2,
             sample=SampleConfig.demo(),
             clip=ClipMetricConfig(model_dir=str(paths["clip"]), batch_size=32),
-            fvd=FVDConfig(i3d_path=str(paths["i3d"])),
+            fvd=FVDConfig(i3d_path=str(paths["i3d"]), reference_videos_dir=reference_videos_dir),
             vlm=VLMConfig(
                 backend="transformers",
                 model_dir=str(paths["vlm"]),
