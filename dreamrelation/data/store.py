@@ -148,9 +148,17 @@ class ArtifactStore:
         try:
             yield folder
         finally:
-            if not self.is_local:
-                self.fs.put(str(folder) + "/", self.path(key) + "/", recursive=True)
+            self.sync_up(folder, key)
         self._write_marker(key, meta)
+
+    def sync_up(self, folder: str | os.PathLike[str], key: str) -> None:
+        """Upload a `write_in_place` folder's current content to `key` (nothing to do for local roots).
+
+        Long stages call it at safe points (after each checkpoint), so a worker killed outright
+        loses at most the work since then, even when the next attempt runs on another machine.
+        """
+        if not self.is_local:
+            self.fs.put(str(folder) + "/", self.path(key) + "/", recursive=True)
 
     def _write_marker(self, key: str, meta: dict[str, Any] | None) -> None:
         record = {"key": key, "written_at": datetime.now(timezone.utc).isoformat(), **(meta or {})}

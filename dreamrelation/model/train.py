@@ -358,6 +358,7 @@ def train(
     stop_at: int | None = None,
     sampler: Callable[[torch.nn.Module, int], Any] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train the relation LoRAs on `clips`; resume from the newest checkpoint in `run_dir`.
 
@@ -366,7 +367,8 @@ def train(
     scaling_factor normalize the latents as `MochiPipeline` un-normalizes them.
     `stop_at` stops after that step as if interrupted (no export); `sampler(transformer, step)`
     replaces the default periodic sampler (relation + FFN LoRAs through `MochiPipeline`);
-    `on_step(record)` is called after every step with its log record (progress reporting).
+    `on_step(record)` is called after every step with its log record (progress reporting),
+    `on_checkpoint(path)` after every checkpoint is written (e.g. to upload it).
     At the end the inference LoRA is written to `run_dir/relation_lora.safetensors`.
     """
     base = base or BaseModelConfig()
@@ -421,7 +423,9 @@ def train(
             if on_step is not None:
                 on_step(record)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-                save_checkpoint(state, run_dir, cfg)
+                checkpoint = save_checkpoint(state, run_dir, cfg)
+                if on_checkpoint is not None:
+                    on_checkpoint(checkpoint)
             if sampler is not None and cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
                 _sample(sampler, state)
 

@@ -24,6 +24,7 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
     plan = plan_relation(relation, config)
     latents_uri = store.require(plan["encode_latents"].key)
     masks_uri = store.require(plan["make_masks"].key)
+    artifact = plan["train_relation"]
 
     def build(run_dir: str, summary: dict[str, Any]) -> None:
         data = load_training_clips(latents_uri, masks_uri)
@@ -36,6 +37,8 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
                 run_dir,
                 config.model,
                 on_step=lambda record: bar.update(record["step"]),
+                # remote roots: upload each checkpoint, so a killed worker's rerun anywhere resumes
+                on_checkpoint=lambda _: store.sync_up(run_dir, artifact.key),
             )
         create_table_artifact(
             key=artifact_key(relation, "lora-parameters"),
@@ -52,4 +55,4 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
             left_out=data.left_out,
         )
 
-    return run_stage(store, plan["train_relation"], build, force, resumable=True)
+    return run_stage(store, artifact, build, force, resumable=True)
