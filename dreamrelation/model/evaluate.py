@@ -50,6 +50,7 @@ from dreamrelation.data.video import read_video, write_video
 from dreamrelation.model import metrics
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
 from dreamrelation.model.config_eval import EvalConfig, EvalMethod
+from dreamrelation.model.train import LORA_FILE
 from dreamrelation.model.vlm import (
     VLMBackend,
     ask_repeated,
@@ -65,7 +66,6 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 VIDEOS_DIR = "videos"
 FVD_DIR = "fvd"
-LORA_FILE = "relation_lora.safetensors"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 #: Version of the results.json layout.
 RESULTS_VERSION = 1
