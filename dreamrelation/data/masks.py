@@ -585,6 +585,12 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"clips": len(records), **counts, "reasons": reasons}
 
 
+def read_mask_status(location: str) -> dict[str, Any]:
+    """The stage's own record of a make_masks artifact: backend, per-clip records, summary."""
+    attrs = zarr.open_group(zarr_location(f"{location}/{MASKS_STORE}"), mode="r").attrs
+    return {"backend": attrs["backend"], "clips": list(attrs["clips"]), "summary": dict(attrs["summary"])}
+
+
 def read_pixel_masks(location: str, clip_id: str) -> np.ndarray:
     """Unpacked pixel masks (N, 2, H, W) bool of one clip from a make_masks artifact."""
     group = zarr.open_group(zarr_location(f"{location}/{MASKS_STORE}"), mode="r")

@@ -108,27 +108,26 @@ def evaluation_report_task(relations: list[str], config: PipelineConfig) -> str:
     """
     logger = get_run_logger()
     store = ArtifactStore(config.root)
-    found: list[tuple[str, str]] = []
+    found = []  # the complete evaluate artifacts, in the order asked for
     for relation in relations:
-        relation = normalize_relation_id(relation)
         artifact = plan_relation(relation, config)["evaluate"]
         if store.is_complete(artifact.key):
-            found.append((relation, artifact.fingerprint))
+            found.append(artifact)
         else:
             logger.warning("evaluation report: %s has no complete evaluation at %s, left out", relation, store.uri(artifact.key))
     if not found:
         raise FileNotFoundError(f"no complete evaluation for any of {relations} under {config.root}: run the evaluate stage first")
-    fp = fingerprint("evaluation_report", {"relations": [r for r, _ in found]}, [f for _, f in found], REPORT_CODE_VERSION)
+    names = [a.relation for a in found]
+    fp = fingerprint("evaluation_report", {"relations": names}, [a.fingerprint for a in found], REPORT_CODE_VERSION)
     key = f"reports/evaluation-{fp}"
-    locations = [store.uri(plan_relation(r, config)["evaluate"].key) for r, _ in found]
     if not store.is_complete(key):
-        with store.write(key, {"stage": "evaluation_report", "relations": [r for r, _ in found]}) as tmp:
-            write_combined_report(locations, tmp)
+        with store.write(key, {"stage": "evaluation_report", "relations": names}) as tmp:
+            write_combined_report([store.uri(a.key) for a in found], tmp)
     uri = store.uri(key)
     create_markdown_artifact(
         key=artifact_key("evaluation", "report"),
         markdown=_read_text(f"{uri}/{REPORT_FILE}"),
-        description=f"Evaluation over {', '.join(r for r, _ in found)} (paper Table 1 layout)",
+        description=f"Evaluation over {', '.join(names)} (paper Table 1 layout)",
     )
     logger.info("evaluation report over %d relation(s): %s/%s", len(found), uri, REPORT_FILE)
     return uri

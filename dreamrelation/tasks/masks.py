@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
 from dreamrelation.data.manifest import read_manifest
-from dreamrelation.data.masks import MASKS_STORE, make_masks
+from dreamrelation.data.masks import make_masks, read_mask_status
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
@@ -38,13 +38,9 @@ def make_masks_task(relation: str, config: PipelineConfig, force: bool = False) 
 
 def _report(uri: str) -> str:
     """Markdown table of every clip's mask status, with a link to its preview image."""
-    import zarr
-
-    from dreamrelation.data.store import zarr_location
-
-    group = zarr.open_group(zarr_location(f"{uri}/{MASKS_STORE}"), mode="r")
+    status = read_mask_status(uri)
     rows = ["| clip | status | subjects | preview / reason |", "|---|---|---|---|"]
-    for record in group.attrs["clips"]:
+    for record in status["clips"]:
         if record["status"] == "ok":
             link = store_link(f"{uri}/{record['preview']}")
             detail = f"[preview]({link})"
@@ -52,9 +48,9 @@ def _report(uri: str) -> str:
         else:
             detail, subjects = record["reason"].replace("|", "/"), ""
         rows.append(f"| {record['clip_id']} | {record['status']} | {subjects} | {detail} |")
-    summary = group.attrs["summary"]
+    summary = status["summary"]
     head = (
-        f"**{group.attrs['backend']}** masks: {summary['ok']} ok, "
+        f"**{status['backend']}** masks: {summary['ok']} ok, "
         f"{summary['skipped']} skipped, {summary['failed']} failed\n\n"
     )
     return head + "\n".join(rows)
