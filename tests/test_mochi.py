@@ -42,13 +42,41 @@ def test_tiny_build_is_deterministic_and_idempotent(tmp_path: Path, tiny_dir: Pa
     assert not list(tmp_path.glob(".again.tmp-*"))  # the temporary build folder is gone
 
 
-def test_an_incomplete_folder_is_never_used_and_gets_rebuilt(tmp_path: Path, tiny_dir: Path) -> None:
+def _half_download(tiny_dir: Path, folder: Path) -> bytes:
+    """A copy of the tiny model without vae/ (a half-finished download) holding a user's file."""
+    shutil.copytree(tiny_dir, folder)
+    shutil.rmtree(folder / "vae")
+    sentinel = b"the user's own notes, not a model file\n"
+    (folder / "NOTES.txt").write_bytes(sentinel)
+    return sentinel
+
+
+def test_an_incomplete_folder_is_never_built_into_or_replaced(tmp_path: Path, tiny_dir: Path) -> None:
     partial = tmp_path / "partial"
-    shutil.copytree(tiny_dir, partial)
-    shutil.rmtree(partial / "vae")
+    sentinel = _half_download(tiny_dir, partial)
     assert mochi.missing_components(partial) == ["vae/config.json", "vae/ weights (*.safetensors)"]
-    mochi.ensure_tiny_mochi(partial)
-    assert mochi.missing_components(partial) == []
+    for build in (mochi.ensure_tiny_mochi, mochi.build_tiny_mochi):
+        with pytest.raises(mochi.ModelFolderError, match="left untouched"):
+            build(partial)
+        assert (partial / "NOTES.txt").read_bytes() == sentinel
+        assert not (partial / "vae").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]  # no build leftovers
+
+
+def test_demo_profile_with_a_user_model_dir_reads_it_and_never_writes(
+    tmp_path: Path, tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "mochi-1-preview"
+    sentinel = _half_download(tiny_dir, folder)
+    cfg = BaseModelConfig(profile="demo", model_dir=str(folder), models_cache=str(tmp_path / "cache"))
+    with pytest.raises(mochi.ModelFolderError, match=r"missing: vae/config.json"):
+        mochi.resolve_model_dir(cfg)
+    assert (folder / "NOTES.txt").read_bytes() == sentinel and not (folder / "vae").exists()
+    assert not (tmp_path / "cache").exists()
+    # a complete folder is used as it is, with a warning that points at the real profile
+    with caplog.at_level("WARNING", logger="dreamrelation.model"):
+        assert mochi.resolve_model_dir(cfg.model_copy(update={"model_dir": str(tiny_dir)})) == tiny_dir
+    assert "-c mochi-1" in caplog.text
 
 
 def test_missing_model_folder_error_names_what_and_how(tmp_path: Path, tiny_dir: Path) -> None:

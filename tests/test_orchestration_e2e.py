@@ -234,6 +234,7 @@ def _config(tmp_path: Path, relation: str) -> dict[str, Any]:
     (logger `dreamrelation.select`) that must reach the flow run's log on the server.
     """
     select = {"clips_per_relation": 3, "on_shortage": "take_all"} if relation == "A055" else {"clips_per_relation": 2}
+    (tmp_path / f"ntu-{relation.lower()}").mkdir(exist_ok=True)  # the generator fills only an empty folder
     return {
         "root": str(tmp_path / "artifacts"),
         "synthetic": {"relations": [relation], "clips_per_relation": 2, "frames": 30, "width": 64, "height": 36},

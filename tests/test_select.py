@@ -84,7 +84,25 @@ def test_corrupt_video_is_dropped_with_reason(tmp_path, synthetic_root):
     victim.write_bytes(b"not a video at all" * 100)
     manifest = _select(root, relation="A112", clips_per_relation=1)
     dropped = {d.clip_id: d.reason for d in manifest.dropped}
-    assert dropped[victim.name.removesuffix("_rgb.avi")].startswith("unreadable video: cannot read video")
+    reason = dropped[victim.name.removesuffix("_rgb.avi")]
+    assert reason.startswith(f"unreadable video: cannot read video {victim}: ")
+    assert "object at 0x" not in reason and "Opener" not in reason  # the path, not a file object's repr
+
+
+def test_misnamed_clip_files_are_reported_not_ignored(tmp_path, synthetic_root):
+    import shutil
+
+    root = tmp_path / "ntu"
+    shutil.copytree(synthetic_root, root)
+    (root / "nturgb+d_rgb" / "S001C001P001R001A58_rgb.avi").write_bytes(b"x")  # 2-digit action
+    (root / "nturgb+d_rgb" / "S001C004P001R001A058_rgb.avi").write_bytes(b"x")  # camera 4
+    (root / "nturgb+d_rgb" / "S001C001P001R001A055_rgb.avi.txt").write_bytes(b"x")  # not clip-shaped
+    manifest = _select(root, relation="A058", clips_per_relation=2)
+    dropped = {d.clip_id: d.reason for d in manifest.dropped}
+    assert dropped["S001C001P001R001A58_rgb.avi"].startswith("name does not match SsssCcccPpppRrrrAaaa")
+    assert "camera C004 is outside C001-C003" in dropped["S001C004P001R001A058_rgb.avi"]
+    other = _select(root, relation="A055", clips_per_relation=2)
+    assert not [d for d in other.dropped if "does not match" in d.reason]
 
 
 def test_selection_from_an_fsspec_url(synthetic_root):

@@ -6,7 +6,13 @@ import textwrap
 import pytest
 import zarr
 
-from dreamrelation.data.store import ArtifactMissingError, ArtifactStore, fingerprint, zarr_location
+from dreamrelation.data.store import (
+    ArtifactMissingError,
+    ArtifactStore,
+    StoreNotWritableError,
+    fingerprint,
+    zarr_location,
+)
 
 
 def test_fingerprint_depends_on_config_inputs_and_code():
@@ -116,3 +122,24 @@ def test_in_place_artifacts_keep_progress_across_failures(tmp_path, root):
         (folder / "lora.safetensors").write_text("done")
     assert store.is_complete(key) and store.marker(key)["summary"] == {"steps": 20}
     assert store.fs.exists(store.path(key) + "/lora.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "proc"])
+def test_unwritable_root_is_one_clear_error(tmp_path, kind):
+    blocker = tmp_path / "root.txt"
+    blocker.write_bytes(b"a user's file")
+    root, reason = {
+        "a file": (blocker, "it is a file, not a folder"),
+        "under a file": (blocker / "artifacts", "Not a directory"),
+        "proc": ("/proc/dreamrelation-artifacts", "No such file or directory"),
+    }[kind]
+    with pytest.raises(StoreNotWritableError) as err:
+        ArtifactStore(root).check_writable()
+    assert str(err.value) == f"artifact root {root} is not writable: {reason}"
+    assert blocker.read_bytes() == b"a user's file"
+
+
+def test_writable_root_check_leaves_nothing_behind(tmp_path):
+    ArtifactStore(tmp_path / "new" / "root").check_writable()
+    assert list((tmp_path / "new" / "root").iterdir()) == []
+    ArtifactStore("memory://probe-root").check_writable()

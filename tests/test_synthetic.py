@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,17 @@ from pydantic import ValidationError
 
 from dreamrelation.data.ntu import ClipName, parse_file_name
 from dreamrelation.data.skeleton import INFERRED, TRACKED, read_skeleton
+from dreamrelation.data import synthetic
 from dreamrelation.data.synthetic import (
     RELATION_MOTIONS,
     STAMP_NAME,
+    DatasetFolderError,
     SyntheticClip,
     SyntheticConfig,
+    _expected,
     generate_clip,
     generate_dataset,
+    plan_dataset,
 )
 from dreamrelation.data.video import probe_video, read_video
 
@@ -206,6 +211,68 @@ def test_complete_dataset_is_not_regenerated(tmp_path):
     smaller[0].video.unlink()  # an incomplete dataset is regenerated
     generate_dataset(tmp_path, config.model_copy(update={"clips_per_relation": 1, "masks": False}))
     assert smaller[0].video.is_file()
+
+
+def _real_dataset(folder):
+    """A user's NTU folder: one real clip (its name collides with a synthetic one) and a notes file."""
+    config = SyntheticConfig(relations=["A059"], clips_per_relation=1, frames=8)
+    clip_name = plan_dataset(config)[0][0]
+    video = folder / "nturgb+d_rgb" / f"{clip_name}_rgb.avi"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"the user's real recording")
+    (folder / "README.txt").write_bytes(b"my dataset")
+    return config, video
+
+
+def test_generator_refuses_a_folder_it_does_not_own(tmp_path):
+    config, video = _real_dataset(tmp_path / "nturgbd")
+    before = {p: p.read_bytes() for p in (tmp_path / "nturgbd").rglob("*") if p.is_file()}
+    with pytest.raises(DatasetFolderError, match=r"holds files the synthetic generator did not write \(README.txt"):
+        generate_dataset(tmp_path / "nturgbd", config)
+    after = {p: p.read_bytes() for p in (tmp_path / "nturgbd").rglob("*") if p.is_file()}
+    assert after == before  # byte for byte, and nothing added (no stamp, no masks/)
+
+
+def test_generator_never_creates_a_mistyped_root_unless_allowed(tmp_path):
+    config = SyntheticConfig(relations=["A059"], clips_per_relation=1, frames=8)
+    with pytest.raises(DatasetFolderError, match="does not exist"):
+        generate_dataset(tmp_path / "nturgdb", config, create=False)
+    assert not (tmp_path / "nturgdb").exists()
+    (tmp_path / "empty").mkdir()  # an empty folder is claimed, stamped and filled
+    assert generate_dataset(tmp_path / "empty", config, create=False)
+    assert json.loads((tmp_path / "empty" / STAMP_NAME).read_text())["complete"] is True
+
+
+def test_generator_never_overwrites_a_file_it_did_not_write(tmp_path):
+    config = SyntheticConfig(relations=["A059"], clips_per_relation=1, frames=8)
+    clips = generate_dataset(tmp_path, config)
+    bigger = config.model_copy(update={"clips_per_relation": 2})
+    new_clip = next(c for c in _expected(tmp_path, bigger) if c.name != clips[0].name)
+    new_clip.video.write_bytes(b"dropped in by the user")  # where the next config will write
+    with pytest.raises(DatasetFolderError, match="was not written by the generator"):
+        generate_dataset(tmp_path, bigger)
+    assert new_clip.video.read_bytes() == b"dropped in by the user"
+
+
+def test_interrupted_generation_resumes_in_its_own_folder(tmp_path, monkeypatch):
+    config = SyntheticConfig(relations=["A059"], clips_per_relation=2, frames=8)
+    calls = []
+
+    def dies_on_second_clip(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_generate_clip(*args, **kwargs)
+
+    real_generate_clip = synthetic.generate_clip
+    monkeypatch.setattr(synthetic, "generate_clip", dies_on_second_clip)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(tmp_path / "ds", config)
+    stamp = json.loads((tmp_path / "ds" / STAMP_NAME).read_text())
+    assert stamp["complete"] is False and len(stamp["files"]) == 6  # claimed before writing
+    monkeypatch.setattr(synthetic, "generate_clip", real_generate_clip)
+    clips = generate_dataset(tmp_path / "ds", config)  # the folder is still its own: resumes
+    assert all(c.video.is_file() for c in clips)
 
 
 def test_config_validation():

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 _NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 _FILE = re.compile(r"^(S\d{3}C\d{3}P\d{3}R\d{3}A\d{3})(_rgb\.avi|_rgb\.mp4|\.mp4|\.avi|\.skeleton)$")
+#: Anything shaped like an NTU clip file, even with the wrong digit counts (S1C1P1R1A58_rgb.avi).
+_LOOSE_FILE = re.compile(r"^S\d+C\d+P\d+R\d+A(\d+)(?:_rgb\.avi|_rgb\.mp4|\.mp4|\.avi|\.skeleton)$", re.IGNORECASE)
 VIDEO_SUFFIXES = ("_rgb.avi", "_rgb.mp4", ".mp4", ".avi")
 SKELETON_SUFFIX = ".skeleton"
 
@@ -67,6 +69,16 @@ def parse_file_name(file_name: str) -> tuple[ClipName, str]:
         )
     stem, suffix = match.groups()
     return parse_clip_name(stem), ("skeleton" if suffix == SKELETON_SUFFIX else "video")
+
+
+def misnamed_clip_relation(file_name: str) -> str | None:
+    """The relation id a file that looks like an NTU clip file seems to belong to, else None.
+
+    For files that `parse_file_name` rejects: `S001C001P001R001A58_rgb.avi` -> 'A058', so
+    selection can report it among the relation's dropped clips instead of ignoring it.
+    """
+    match = _LOOSE_FILE.match(file_name.rsplit("/", 1)[-1])
+    return f"A{int(match.group(1)):03d}" if match else None
 
 
 def normalize_relation_id(value: str | int) -> str:

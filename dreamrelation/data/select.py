@@ -17,7 +17,7 @@ import fsspec
 from pydantic import BaseModel, Field
 
 from dreamrelation.data.manifest import ClipRecord, DroppedClip, Manifest
-from dreamrelation.data.ntu import ClipName, ClipNameError, parse_file_name
+from dreamrelation.data.ntu import ClipName, ClipNameError, misnamed_clip_relation, parse_file_name
 from dreamrelation.data.relations import Relation
 from dreamrelation.data.skeleton import SkeletonFormatError, parse_skeleton
 from dreamrelation.data.video import VideoConfig, VideoError, probe_video, resample_indices
@@ -56,26 +56,40 @@ class _Candidate:
     skeleton: str | None
 
 
-def scan_dataset(root: str) -> dict[str, _Candidate]:
-    """All NTU clips under a root (local or URL), keyed by clip name."""
+@dataclass(frozen=True)
+class _Misnamed:
+    """A file that looks like an NTU clip file but whose name does not parse."""
+
+    relation: str
+    path: str
+    reason: str
+
+
+def scan_dataset(root: str) -> tuple[dict[str, _Candidate], list[_Misnamed]]:
+    """All NTU clips under a root (local or URL), keyed by clip name, and the misnamed look-alikes."""
     fs, path = fsspec.core.url_to_fs(root)
     if not fs.exists(path):
         raise SelectionError(f"dataset root {root} does not exist")
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     found: dict[ClipName, dict[str, str]] = {}
+    misnamed: list[_Misnamed] = []
     for file_path in fs.find(path):
         try:
             clip, kind = parse_file_name(file_path)
-        except ClipNameError:
+        except ClipNameError as exc:
+            relation = misnamed_clip_relation(file_path)
+            if relation is not None:
+                misnamed.append(_Misnamed(relation, prefix + file_path, f"name does not match SsssCcccPpppRrrrAaaa: {exc}"))
             continue
         found.setdefault(clip, {})[kind] = prefix + file_path
-    if not found:
+    if not found and not misnamed:
         raise SelectionError(
             f"dataset root {root} contains no NTU clips (expected files such as "
             "S001C001P001R001A058_rgb.avi and S001C001P001R001A058.skeleton)"
         )
-    return {str(c): _Candidate(c, f.get("video"), f.get("skeleton")) for c, f in sorted(found.items())}
+    candidates = {str(c): _Candidate(c, f.get("video"), f.get("skeleton")) for c, f in sorted(found.items())}
+    return candidates, misnamed
 
 
 def _filter_reason(clip: ClipName, config: SelectConfig) -> str | None:
@@ -102,7 +116,7 @@ def check_clip(candidate: _Candidate, config: SelectConfig, video: VideoConfig) 
         return None, f"two tracked bodies in only {two_bodies:.0%} of frames (< {config.min_two_body_fraction:.0%})"
     try:
         with fsspec.open(candidate.video, "rb") as handle:
-            info = probe_video(handle)
+            info = probe_video(handle, name=candidate.video)
     except VideoError as exc:
         return None, f"unreadable video: {exc}"
     usable = len(resample_indices(info.frames, info.fps, video.fps))
@@ -123,11 +137,14 @@ def check_clip(candidate: _Candidate, config: SelectConfig, video: VideoConfig) 
 
 def select_clips(relation: Relation, config: SelectConfig, video: VideoConfig) -> Manifest:
     """Choose `clips_per_relation` usable clips of `relation`, deterministically for a seed."""
-    candidates = [c for c in scan_dataset(config.dataset_root).values() if c.clip.relation == relation.id]
-    if not candidates:
+    listing, misnamed = scan_dataset(config.dataset_root)
+    candidates = [c for c in listing.values() if c.clip.relation == relation.id]
+    dropped = [
+        DroppedClip(clip_id=m.path.rsplit("/", 1)[-1], reason=m.reason) for m in misnamed if m.relation == relation.id
+    ]
+    if not candidates and not dropped:
         raise SelectionError(f"dataset root {config.dataset_root} has no clips of relation {relation.id} ({relation.name})")
     usable: list[ClipRecord] = []
-    dropped: list[DroppedClip] = []
     for candidate in candidates:
         reason = _filter_reason(candidate.clip, config)
         record = None

@@ -33,6 +33,10 @@ class ArtifactMissingError(FileNotFoundError):
     """An artifact that is not (completely) in the store."""
 
 
+class StoreNotWritableError(ValueError):
+    """The artifact root cannot be written (read-only mount, a file, no permission)."""
+
+
 def fingerprint(stage: str, config: Any, inputs: list[str], code_version: str) -> str:
     """Stable 16-hex-digit fingerprint of a stage run (config may be a pydantic model or JSON-able)."""
     if isinstance(config, BaseModel):
@@ -74,6 +78,24 @@ class ArtifactStore:
         if not self.is_local:
             raise ValueError(f"{self.root} is not a local folder; use fetch_local() for {key}")
         return Path(self.path(key))
+
+    def check_writable(self) -> None:
+        """Raise `StoreNotWritableError` unless a file can be created (and removed) under the root.
+
+        Stages call this before any work, so a read-only or mistyped root fails in a second with
+        one line, not after an hour of encoding.
+        """
+        if self.is_local and Path(self.root_path).exists() and not Path(self.root_path).is_dir():
+            raise StoreNotWritableError(f"artifact root {self.root} is not writable: it is a file, not a folder")
+        probe = self.path(f".write-probe-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.makedirs(self.root_path, exist_ok=True)
+            with self.fs.open(probe, "wb") as handle:
+                handle.write(b"ok")
+            self.fs.rm(probe)
+        except (OSError, ValueError) as exc:  # fsspec backends raise OSError subclasses or ValueError
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            raise StoreNotWritableError(f"artifact root {self.root} is not writable: {reason}") from None
 
     # -- completion ----------------------------------------------------------------------------
     def is_complete(self, key: str) -> bool:

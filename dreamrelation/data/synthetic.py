@@ -11,7 +11,8 @@ Layout under the dataset root, as in the real download:
     nturgb+d_rgb/<name>_rgb.avi          (or _rgb.mp4)
     nturgb+d_skeletons/<name>.skeleton
     masks/<name>_masks.npz               masks (T, 2, H, W) bool, body_ids (2,) int64
-    synthetic_dataset.json               stamp written last: config + clip list
+    synthetic_dataset.json               ownership stamp: written before the first file (the files
+                                         about to be written) and last (config + clip list)
 
 Masks are modal (what is visible): where the figures overlap, the front one owns the
 pixels. `body_ids` follow the order of the bodies in every skeleton frame.
@@ -709,30 +710,78 @@ def _expected(root: Path, config: SyntheticConfig) -> list[SyntheticClip]:
 
 def _read_stamp(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        stamp = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return stamp if isinstance(stamp, dict) and stamp.get("generator") is not None else None
 
 
-def generate_dataset(root: str | Path, config: SyntheticConfig | None = None) -> list[SyntheticClip]:
+class DatasetFolderError(ValueError):
+    """A dataset root the synthetic generator must not write into; the message says why and what to do."""
+
+
+def _write_stamp(path: Path, stamp: dict) -> None:
+    tmp = path.with_name(f".{STAMP_NAME}.partial")
+    tmp.write_text(json.dumps(stamp, indent=1))
+    os.replace(tmp, path)
+
+
+def _claim_root(root: Path, create: bool) -> None:
+    """Make sure `root` is a folder the generator may own: new (when `create`) or empty."""
+    if not root.exists():
+        if not create:
+            raise DatasetFolderError(
+                f"dataset root {root} does not exist. For a synthetic dataset, create it as an empty folder "
+                "first; for real data set `synthetic: null` (e.g. -c mochi-1) and check the path"
+            )
+        root.mkdir(parents=True)
+    elif not root.is_dir():
+        raise DatasetFolderError(f"dataset root {root} is a file, not a folder")
+    else:
+        foreign = sorted(p.name for p in root.iterdir())
+        if foreign:
+            raise DatasetFolderError(
+                f"dataset root {root} holds files the synthetic generator did not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); refusing to write synthetic clips into it. "
+                "To train on the clips in it, turn the generator off (`synthetic: null`, or -c mochi-1); "
+                "for a synthetic dataset, point select.dataset_root at an empty or new folder"
+            )
+
+
+def generate_dataset(root: str | Path, config: SyntheticConfig | None = None, create: bool = True) -> list[SyntheticClip]:
     """Write the whole dataset under `root`, or return at once when it is already complete.
 
-    Complete means: the stamp file (written last) holds this exact config and every file is
-    present. Otherwise the files listed by an older stamp are removed and all is regenerated.
+    The generator writes only into a folder it owns: one holding its stamp file, an empty
+    folder, or a new one (created only when `create`; the pipeline allows that for the demo's
+    own default location alone). Ownership is stamped before the first clip is written, listing
+    every file the generator is about to write, so an interrupted run can be resumed. It never
+    overwrites or removes a file it did not write. Complete means: the stamp holds this exact
+    config, says complete, and every file is present; otherwise the files listed by an older
+    stamp are removed and all is regenerated.
     """
     root = Path(root)
     config = config or SyntheticConfig()
     clips = _expected(root, config)
     stamp_path = root / STAMP_NAME
     stamp = _read_stamp(stamp_path)
-    wanted = {"generator": GENERATOR_VERSION, "config": config.model_dump(mode="json")}
+    wanted = {"generator": GENERATOR_VERSION, "config": config.model_dump(mode="json"), "complete": True}
     if stamp and {k: stamp.get(k) for k in wanted} == wanted and all(
         p.exists() for c in clips for p in (c.video, c.skeleton, c.masks) if p is not None
     ):
         return clips
+    if stamp is None:
+        _claim_root(root, create)
 
-    stamp_path.unlink(missing_ok=True)
-    for old in (stamp or {}).get("files", []):
+    ours = set((stamp or {}).get("files", []))
+    files = [str(p.relative_to(root)) for c in clips for p in (c.video, c.skeleton, c.masks) if p is not None]
+    foreign = [f for f in files if f not in ours and (root / f).exists()]
+    if foreign:
+        raise DatasetFolderError(
+            f"synthetic dataset {root}: {foreign[0]} exists but was not written by the generator; "
+            "refusing to overwrite it (move it away, or use another folder)"
+        )
+    _write_stamp(stamp_path, {"generator": GENERATOR_VERSION, "complete": False, "files": sorted(ours | set(files))})
+    for old in sorted(ours - set(files)):
         (root / old).unlink(missing_ok=True)
     for clip in clips:
         written = generate_clip(
@@ -741,9 +790,5 @@ def generate_dataset(root: str | Path, config: SyntheticConfig | None = None) ->
             skeleton=clip.fault != "missing_skeleton", video_format=config.video_format,
         )
         assert replace(written, fault=clip.fault) == clip
-    files = [str(p.relative_to(root)) for c in clips for p in (c.video, c.skeleton, c.masks) if p is not None]
-    stamp = {**wanted, "clips": [[str(c.name), c.fault] for c in clips], "files": files}
-    tmp = stamp_path.with_name(f".{STAMP_NAME}.partial")
-    tmp.write_text(json.dumps(stamp, indent=1))
-    os.replace(tmp, stamp_path)
+    _write_stamp(stamp_path, {**wanted, "clips": [[str(c.name), c.fault] for c in clips], "files": files})
     return clips

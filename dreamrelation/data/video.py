@@ -69,8 +69,13 @@ def latent_frames(num_frames: int) -> int:
     return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
 
 
-def probe_video(path: str | Path | IO[bytes]) -> VideoInfo:
-    """Read frame count, frame rate and size from the container (decoding if it has no count)."""
+def probe_video(path: str | Path | IO[bytes], name: str | None = None) -> VideoInfo:
+    """Read frame count, frame rate and size from the container (decoding if it has no count).
+
+    `name` is what error messages call the video (give it when `path` is an open file object).
+    """
+    if name is None:
+        name = str(getattr(path, "path", None) or path) if hasattr(path, "read") else str(path)
     try:
         with av.open(path if hasattr(path, "read") else str(path)) as container:
             stream = container.streams.video[0]
@@ -78,7 +83,14 @@ def probe_video(path: str | Path | IO[bytes]) -> VideoInfo:
             frames = stream.frames or sum(1 for _ in container.decode(stream))
             return VideoInfo(frames, fps, stream.codec_context.width, stream.codec_context.height)
     except (av.error.FFmpegError, IndexError, OSError) as exc:
-        raise VideoError(f"cannot read video {path}: {exc}") from exc
+        raise VideoError(f"cannot read video {name}: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, without the file object or path PyAV puts in its messages."""
+    if isinstance(exc, IndexError):
+        return "no video stream"
+    return getattr(exc, "strerror", None) or str(exc)  # FFmpegError and OSError carry strerror
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
@@ -91,7 +103,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
     except (av.error.FFmpegError, IndexError, OSError) as exc:
-        raise VideoError(f"cannot read video {path}: {exc}") from exc
+        raise VideoError(f"cannot read video {path}: {_reason(exc)}") from exc
     if not frames:
         raise VideoError(f"video {path} has no decodable frames")
     return np.stack(frames), fps

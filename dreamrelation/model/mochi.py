@@ -125,19 +125,24 @@ def build_tiny_mochi(folder: str | Path, seed: int = 0) -> Path:
     """Build tiny random Mochi components and save them in the diffusers layout at `folder`.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted
-    build is never mistaken for a model. Returns the folder.
+    build is never mistaken for a model, and an existing `folder` is never touched: a complete
+    model there (a concurrent build that won) is returned, anything else is an error.
+    Returns the folder.
     """
     folder = Path(folder)
+    _refuse_foreign_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         pipe = _tiny_pipeline(seed)
         pipe.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():  # an incomplete leftover, or a concurrent build that won
-            if not missing_components(folder):
-                return folder
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        try:
+            os.rename(tmp, folder)  # fails rather than replace a folder that appeared meanwhile
+        except OSError:
+            if missing_components(folder):
+                _refuse_foreign_folder(folder)
+                raise
+            return folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("built tiny Mochi (seed %d) at %s", seed, folder)
@@ -150,6 +155,16 @@ def ensure_tiny_mochi(folder: str | Path, seed: int = 0) -> Path:
     if folder.is_dir() and not missing_components(folder):
         return folder
     return build_tiny_mochi(folder, seed)
+
+
+def _refuse_foreign_folder(folder: Path) -> None:
+    """A tiny model is only ever built where nothing is: never into (or over) an existing folder."""
+    if folder.exists() and missing_components(folder):
+        raise ModelFolderError(
+            f"{folder} exists but is not a complete model (missing: {', '.join(missing_components(folder))}); "
+            "the tiny demo model is only built where nothing is, so this folder is left untouched. "
+            "Remove it yourself, or point model.models_cache elsewhere."
+        )
 
 
 def _tiny_pipeline(seed: int) -> MochiPipeline:
@@ -205,9 +220,15 @@ def check_model_dir(folder: str | Path) -> Path:
 
 def resolve_model_dir(cfg: BaseModelConfig) -> Path:
     """The local model folder for `cfg`: the tiny model (built on first use) or the given folder."""
-    if cfg.profile == "demo":
-        folder = Path(cfg.model_dir) if cfg.model_dir else tiny_model_dir(cfg.models_cache, cfg.tiny_seed)
-        return ensure_tiny_mochi(folder, cfg.tiny_seed)
+    if cfg.profile == "demo" and cfg.model_dir is None:
+        return ensure_tiny_mochi(tiny_model_dir(cfg.models_cache, cfg.tiny_seed), cfg.tiny_seed)
+    if cfg.profile == "demo":  # a user-named folder is read, never built into or replaced
+        folder = check_model_dir(cfg.model_dir)
+        log.warning(
+            "model.profile is 'demo' but model.model_dir=%s is set: using the model in that folder with "
+            "the demo's settings (for Mochi-1 weights and the paper's settings use -c mochi-1)", folder
+        )
+        return folder
     folder = Path(cfg.model_dir) if cfg.model_dir else Path(cfg.models_cache) / "mochi-1-preview"
     if missing_components(folder) and cfg.allow_download:
         from huggingface_hub import snapshot_download

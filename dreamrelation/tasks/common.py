@@ -74,6 +74,7 @@ def run_stage(
     else:
         summary: dict[str, Any] = {}
         meta = {"stage": artifact.stage, "relation": artifact.relation, "fingerprint": artifact.fingerprint, "summary": summary}
+        store.check_writable()
         logger.info("%s [%s]: building %s", artifact.stage, artifact.relation, uri)
         if force and resumable:
             store.remove(artifact.key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -9,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dreamrelation.config import PipelineConfig
+from dreamrelation.config import DEMO_DATASET, PipelineConfig
 from dreamrelation.data.captions import MANIFEST_NAME, caption_manifest, load_clip_captions, write_sidecars
 from dreamrelation.data.manifest import read_manifest
 from dreamrelation.data.relations import get_relation, load_relation_table
@@ -26,7 +27,8 @@ def generate_synthetic_task(config: PipelineConfig) -> str:
     """Write the demo's synthetic NTU-format dataset at select.dataset_root (skips if complete)."""
     if config.synthetic is None:
         return config.select.dataset_root
-    clips = generate_dataset(config.select.dataset_root, config.synthetic)
+    root = config.select.dataset_root
+    clips = generate_dataset(root, config.synthetic, create=Path(root).resolve() == Path(DEMO_DATASET).resolve())
     get_run_logger().info("synthetic NTU-format dataset: %d clips at %s", len(clips), config.select.dataset_root)
     return config.select.dataset_root
 
