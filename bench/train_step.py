@@ -25,12 +25,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dreamrelation.model.config import BaseModelConfig, LoraTripletConfig, TrainConfig
 from dreamrelation.model.mochi import ensure_tiny_mochi, load_vae, tiny_model_dir
-from dreamrelation.model.train import TrainClip, TrainState, build_state, train_step
+from dreamrelation.model.train import (
+    TrainClip,
+    TrainState,
+    build_state,
+    init_state,
+    train_step,
+)
 
 LATENT_SHAPE = (12, 5, 12, 20)  # (C, f, h, w) of a 25-frame 96x160 clip
 VARIANTS = ("full", "plain")
@@ -48,8 +55,11 @@ def make_config(variant: str, gradient_checkpointing: bool) -> TrainConfig:
     )
 
 
-def make_inputs(text_dim: int, clips: int = 4) -> tuple[list[TrainClip], tuple[torch.Tensor, torch.Tensor]]:
-    c, f, h, w = LATENT_SHAPE
+def make_inputs(
+    text_dim: int, clips: int = 4, shape: tuple[int, int, int, int] = LATENT_SHAPE
+) -> tuple[list[TrainClip], tuple[torch.Tensor, torch.Tensor]]:
+    """Random clips of latent `shape` (C, f, h, w) with 12-token captions, and the empty prompt."""
+    c, f, h, w = shape
     g = torch.Generator().manual_seed(0)
     mask = torch.arange(256) < 12
     data = []
@@ -70,21 +80,53 @@ def make_inputs(text_dim: int, clips: int = 4) -> tuple[list[TrainClip], tuple[t
 
 
 class Bench:
-    """One variant's training state on the shared tiny model and inputs."""
+    """One variant's training state and inputs (the base model may be shared with another Bench)."""
 
-    def __init__(self, variant: str, model_dir: Path, device: torch.device, dtype: torch.dtype, ckpt: bool):
-        self.cfg = make_config(variant, ckpt)
-        self.state: TrainState = build_state(self.cfg, model_dir, device, dtype)
-        self.clips, self.empty = make_inputs(self.state.transformer.config.text_embed_dim)
-        self.vae_norm = load_vae(model_dir).config
-        self.device = device
+    def __init__(
+        self, cfg: TrainConfig, state: TrainState, vae_norm: Any, shape: tuple[int, int, int, int] = LATENT_SHAPE
+    ):
+        self.cfg = cfg
+        self.state = state
+        self.vae_norm = vae_norm
+        self.device = state.device
+        self.clips, self.empty = make_inputs(state.transformer.config.text_embed_dim, shape=shape)
 
-    def step(self) -> float:
-        """Seconds of one optimizer step."""
-        self._sync()
-        start = time.perf_counter()
-        train_step(self.state, self.clips, self.empty, self.vae_norm, self.cfg)
-        self._sync()
+    @classmethod
+    def from_model_dir(cls, variant: str, model_dir: Path, device: torch.device, dtype: torch.dtype,
+                       ckpt: bool) -> Bench:
+        """A variant on its own copy of the base model in `model_dir`."""
+        cfg = make_config(variant, ckpt)
+        return cls(cfg, build_state(cfg, model_dir, device, dtype), load_vae(model_dir).config)
+
+    @classmethod
+    def on_transformer(cls, variant: str, transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                       ckpt: bool, vae_norm: Any, shape: tuple[int, int, int, int]) -> Bench:
+        """A variant whose adapters are added to `transformer` (shared: call `reactivate` when switching)."""
+        cfg = make_config(variant, ckpt)
+        return cls(cfg, init_state(cfg, transformer, device, dtype), vae_norm, shape)
+
+    def use_shape(self, shape: tuple[int, int, int, int]) -> None:
+        """Train on fresh random clips of latent `shape` from now on (and a fresh positive bank,
+        whose (f - 1, C) entries depend on the number of latent frames)."""
+        self.clips, self.empty = make_inputs(self.state.transformer.config.text_embed_dim, shape=shape)
+        self.state.pos_bank.items.clear()
+
+    def reactivate(self) -> None:
+        """Activate this variant's adapters on the next step (another variant may have changed them)."""
+        self.state.active = ()
+
+    def step(self, group: str | None = None) -> float:
+        """Seconds of one optimizer step (with the HMT option `group` when given)."""
+        groups = self.state.groups
+        if group is not None:
+            self.state.groups = [group]
+        try:
+            self._sync()
+            start = time.perf_counter()
+            train_step(self.state, self.clips, self.empty, self.vae_norm, self.cfg)
+            self._sync()
+        finally:
+            self.state.groups = groups
         return time.perf_counter() - start
 
     def _sync(self) -> None:
@@ -107,7 +149,7 @@ def _rss_bytes() -> int:
 
 
 def measure_memory(variant: str, model_dir: Path, device: torch.device, dtype: torch.dtype, args) -> None:
-    bench = Bench(variant, model_dir, device, dtype, args.gradient_checkpointing)
+    bench = Bench.from_model_dir(variant, model_dir, device, dtype, args.gradient_checkpointing)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = 0 if device.type == "cuda" else _rss_bytes()
@@ -138,7 +180,7 @@ def main() -> None:
         measure_memory(args.measure_memory, model_dir, device, dtype, args)
         return
 
-    benches = {v: Bench(v, model_dir, device, dtype, args.gradient_checkpointing) for v in VARIANTS}
+    benches = {v: Bench.from_model_dir(v, model_dir, device, dtype, args.gradient_checkpointing) for v in VARIANTS}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for i in range(args.steps + 5):
         for variant, bench in benches.items():

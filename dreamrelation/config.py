@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.captions import CaptionConfig
 from dreamrelation.data.latents import LatentConfig
 from dreamrelation.data.masks import MaskConfig
+from dreamrelation.data.relations import describe_yaml_error
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
@@ -38,7 +40,7 @@ def _demo_video() -> VideoConfig:
     return VideoConfig(num_frames=25, height=96, width=160, fps=30.0, aspect=160 / 96)
 
 
-class PipelineConfig(BaseModel):
+class PipelineConfig(StrictConfig):
     """Every stage's settings for one relation pipeline run."""
 
     root: str = Field(
@@ -135,14 +137,21 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         if not path.is_file():
             presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
             raise ConfigError(f"config {source!r} not found: give a YAML file or a preset ({presets})")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: expected a mapping at the top level")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.steps=100")
         key, value = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"-s {item}: the value is not valid YAML: {describe_yaml_error(exc)}") from None
+        _set_path(data, key.strip(), parsed)
     base_name = data.pop("base", "demo")
     if base_name not in BASES:
         raise ConfigError(f"config {source}: base must be one of {', '.join(BASES)}, got {base_name!r}")

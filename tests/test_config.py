@@ -41,3 +41,80 @@ def test_bad_configs_are_named(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="needs masks.segmenter_dir"):
         load_config(None, ["base=paper", "masks.backend=skeleton-sam2"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("select.clip_per_relation=2", "select: unknown key 'clip_per_relation'; did you mean 'clips_per_relation'?"),
+        ("rooot=/tmp/x", "config: unknown key 'rooot'; did you mean 'root'?"),
+        ("video.fsp=24", "video: unknown key 'fsp'; did you mean 'fps'?"),
+        ("captions.linkmode=copy", "captions: unknown key 'linkmode'; did you mean 'link_mode'?"),
+        ("train.lora.rnk=4", "train.lora: unknown key 'rnk'; did you mean 'rank'?"),
+        ("select.zzz=1", "select: unknown key 'zzz'; valid keys: cameras, clips_per_relation"),
+    ],
+)
+def test_unknown_keys_are_named_with_the_closest_valid_one(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    assert message in str(caught.value)
+
+
+def test_unknown_keys_in_a_preset_file_are_errors(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("base: paper\nsynthetic: null\ntrian:\n  steps: 5\nselect: {seeed: 3}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(preset)
+    assert "unknown key 'trian'; did you mean 'train'?" in str(caught.value)
+
+
+def test_flow_parameters_reject_unknown_keys_with_a_suggestion():
+    from prefect.exceptions import ParameterTypeError
+
+    from dreamrelation.flows.select_clips import select_clips_flow
+
+    with pytest.raises(ParameterTypeError, match="unknown key 'trian'; did you mean 'train'?"):
+        select_clips_flow.validate_parameters({"relation": "A058", "config": {"trian": {"steps": 3}}})
+    # What a Prefect server checks when a deployment run is created (409 on failure).
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    schema = parameter_schema(select_clips_flow).model_dump_for_openapi()
+    with pytest.raises(ValidationError, match=r"config.*'trian' was unexpected"):
+        validate({"relation": "A058", "config": {"trian": {"steps": 3}}}, schema, raise_on_error=True)
+    with pytest.raises(ValidationError, match=r"'clip_per_relation' was unexpected"):
+        validate({"config": {"select": {"clip_per_relation": 2}}}, schema, raise_on_error=True)
+
+
+def test_shipped_presets_and_deployment_parameters_validate():
+    import yaml
+
+    from dreamrelation.config import CONFIG_DIR
+
+    for preset in CONFIG_DIR.glob("*.yaml"):
+        load_config(preset)
+    deployments = yaml.safe_load((CONFIG_DIR.parent / "prefect.yaml").read_text())["deployments"]
+    for deployment in deployments:
+        config = (deployment.get("parameters") or {}).get("config")
+        if isinstance(config, dict):
+            PipelineConfig.model_validate(config)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [("select:\n  setups: [1,\n", "line 3, column 1"), ("root: a\n\tvideo: 1\n", "line 2, column 1")],
+)
+def test_yaml_syntax_error_in_a_preset_is_one_line_with_its_position(tmp_path, text, where):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(preset)
+    message = str(caught.value)
+    assert f"config {preset} is not valid YAML: {where}: " in message and "\n" not in message
+
+
+def test_yaml_syntax_error_in_an_override_names_the_argument():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["select.setups=[1,"])
+    message = str(caught.value)
+    assert "-s select.setups=[1,: the value is not valid YAML: line 1, column 4: " in message and "\n" not in message

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from dreamrelation.model import evaluate as ev
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
 from dreamrelation.model.config_eval import EvalConfig, EvalMethod, VLMConfig, tiny_eval_model_paths
+from dreamrelation.model.sample import LoraFileError
 
 # --------------------------------------------------------------------------------------------
 # Report formatting
@@ -156,6 +158,9 @@ def test_eval_config_methods_and_demo_preset(tmp_path) -> None:
     run.mkdir(parents=True)
     (run / ev.LORA_FILE).write_bytes(b"")
     direct = EvalMethod(name="Direct LoRA", source="lora_file", lora_path=str(tmp_path / "runs" / "{relation}"))
+    with pytest.raises(LoraFileError, match=f"LoRA file {run / ev.LORA_FILE} is not a safetensors file"):
+        ev.resolve_lora(direct, "A058", None)  # refused before any video is generated
+    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4)}, run / ev.LORA_FILE)
     assert ev.resolve_lora(direct, "A058", None) == run / ev.LORA_FILE
     with pytest.raises(ev.EvaluationError, match="does not exist"):
         ev.resolve_lora(direct, "A055", None)

@@ -10,11 +10,18 @@ import pytest
 import torch
 import zarr
 
-from dreamrelation.data.latents import LATENTS_STORE, TEXT_STORE, LatentConfig, encode_latents, video_tensor
+from dreamrelation.data.latents import (
+    LATENTS_STORE,
+    TEXT_STORE,
+    LatentConfig,
+    encode_latents,
+    use_vae_tiling,
+    video_tensor,
+)
 from dreamrelation.data.manifest import ClipRecord, Manifest
 from dreamrelation.data.masks import MaskConfig, make_masks
 from dreamrelation.data.store import ArtifactStore
-from dreamrelation.data.training_data import load_training_clips
+from dreamrelation.data.training_data import TooFewClipsError, load_training_clips
 from dreamrelation.data.video import VideoConfig, load_clip, probe_video
 from dreamrelation.model.config import BaseModelConfig
 from dreamrelation.model.mochi import encode_text, encode_video, load_text_encoder, load_vae, resolve_model_dir
@@ -116,6 +123,13 @@ def test_training_clips_join_latents_text_and_masks(tmp_path, latents_uri, manif
     assert clip.text_embeds.shape == (256, 32) and clip.text_mask.dtype == torch.bool
     assert data.empty_text[0].shape == (256, 32) and data.empty_text[1].sum() >= 1
     assert len(data.vae_norm.latents_mean) == 12
+    # two usable clips of four: training refuses to start when it needs more, naming every left-out clip
+    with pytest.raises(TooFewClipsError) as err:
+        load_training_clips(latents_uri, str(tmp_path), min_clips=3)
+    message = str(err.value)
+    assert message.startswith("only 2 usable training clip(s), train.min_clips is 3. Left out: ")
+    for clip_id, reason in data.left_out.items():
+        assert f"{clip_id}: {reason}" in message
 
 
 def test_masks_on_another_grid_are_refused(tmp_path, latents_uri, manifest):
@@ -145,3 +159,18 @@ def test_stage_flows_build_then_skip(prefect_harness, tmp_path, synthetic_root, 
     assert encode_latents_flow(relation="A055", config=config).skipped
     assert make_masks_flow(relation="A055", config=config).skipped
     assert len(load_training_clips(latents.uri, masks.uri).clips) == 2
+
+
+def test_vae_tiling_is_chosen_by_clip_size():
+    full, demo = VideoConfig(), VideoConfig(num_frames=25, height=96, width=160, aspect=160 / 96)
+    auto = LatentConfig()
+    assert auto.vae_tiling == "auto"
+    assert use_vae_tiling(auto, full)  # 61 x 480 x 848 = 24.8 megapixel-frames > 10
+    assert use_vae_tiling(auto, VideoConfig(num_frames=25))  # 10.2 > 10
+    assert not use_vae_tiling(auto, VideoConfig(num_frames=19))  # 7.7
+    assert not use_vae_tiling(auto, demo) and not use_vae_tiling(auto, VIDEO)
+    assert use_vae_tiling(LatentConfig(vae_tiling_above=0.01), VIDEO)  # 7 x 48 x 80 = 0.027
+    assert use_vae_tiling(LatentConfig(vae_tiling=True), demo)
+    assert not use_vae_tiling(LatentConfig(vae_tiling=False), full)
+    with pytest.raises(ValueError):
+        LatentConfig(vae_tiling="sometimes")

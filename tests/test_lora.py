@@ -19,15 +19,31 @@ def lora_modules(model: torch.nn.Module, adapter: str) -> set[str]:
     return {name.split(".lora_A.")[0] for name in lora.lora_parameters(model, adapter) if ".lora_A." in name}
 
 
-def test_full_size_mochi_parameter_counts_on_meta_device() -> None:
+# One projection (Q, K or V) of the full-size model at rank 16, by hand: per block the vision
+# stream's 3072 -> 3072 and the text stream's 1536 -> 3072 linear layers, each r * (in + out).
+PER_PROJECTION = 48 * 16 * ((3072 + 3072) + (1536 + 3072))  # = 8,257,536 (METHOD.md §2)
+FFN = 16 * (48 * (3072 + 3072) + 47 * (3072 + 1536))  # to_out.0 in 48 blocks, to_add_out in 47
+
+
+@pytest.mark.parametrize(
+    "relation, subject",
+    [("V", "QK"), ("Q", "KV"), ("KV", "Q"), ("QK", "V")],  # paper Table 3; QK + V is the method
+)
+def test_full_size_mochi_parameter_counts_of_table_3_rows_on_meta_device(relation: str, subject: str) -> None:
     with torch.device("meta"):
         model = MochiTransformer3DModel()  # the real 48-block, 3072/1536-wide config
-    lora.add_relation_loras(model, LoraTripletConfig())
+    cfg = LoraTripletConfig(relation_positions=relation)
+    assert cfg.resolved_subject_positions() == subject
+    lora.add_relation_loras(model, cfg)
     rows = {row["adapter"]: row for row in lora.trainable_parameter_table(model)}
-    assert rows["relation"]["params"] == 16_515_072
-    assert rows["subject1"]["params"] == rows["subject2"]["params"] == 8_257_536
-    assert rows["ffn"]["params"] == 8_183_808
-    assert rows["relation"]["modules"] == 4 * 48 and rows["ffn"]["modules"] == 2 * 48 - 1
+    assert rows["relation"]["params"] == len(relation) * PER_PROJECTION
+    assert rows["subject1"]["params"] == rows["subject2"]["params"] == len(subject) * PER_PROJECTION
+    assert rows["ffn"]["params"] == FFN == 8_183_808
+    if relation == "QK":  # the method row: the figures of METHOD.md §2
+        assert rows["relation"]["params"] == 16_515_072 and rows["subject1"]["params"] == 8_257_536
+    assert rows["relation"]["modules"] == 2 * len(relation) * 48 and rows["ffn"]["modules"] == 2 * 48 - 1
+    assert not lora_modules(model, "relation") & lora_modules(model, "subject1")  # never share a module
+    assert lora_modules(model, "subject1") == lora_modules(model, "subject2")
     assert all(not n.startswith("time_embed") for n in lora.lora_parameters(model))
 
 
@@ -53,15 +69,30 @@ def test_adapters_sit_exactly_where_the_table_says(tiny_dir: Path) -> None:
     assert not any(p.requires_grad for n, p in model.named_parameters() if lora.adapter_of(n) is None)
 
 
+_Q, _K, _V = {"to_q", "add_q_proj"}, {"to_k", "add_k_proj"}, {"to_v", "add_v_proj"}
+
+
 @pytest.mark.parametrize(
-    "positions, names",
-    [("QK", {"to_q", "to_k", "add_q_proj", "add_k_proj"}), ("Q", {"to_q", "add_q_proj"}),
-     ("KV", {"to_k", "to_v", "add_k_proj", "add_v_proj"}), ("V", {"to_v", "add_v_proj"})],
+    "positions, relation, subject",
+    [("QK", _Q | _K, _V), ("Q", _Q, _K | _V), ("KV", _K | _V, _Q), ("V", _V, _Q | _K)],
 )
-def test_relation_positions_of_table_3(tiny_dir: Path, positions: str, names: set[str]) -> None:
+def test_relation_and_subject_positions_of_table_3(
+    tiny_dir: Path, positions: str, relation: set[str], subject: set[str]
+) -> None:
     model = load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, relation_positions=positions))
-    assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "relation")} == names
+    assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "relation")} == relation
+    assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "subject1")} == subject
+    assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "subject2")} == subject
+
+
+def test_subject_positions_are_configurable_but_never_shared_with_the_relation() -> None:
+    cfg = LoraTripletConfig(relation_positions="Q", subject_positions="V")  # K carries nothing
+    assert lora.adapter_targets(cfg)["subject1"] == lora.target_regex(("v",))
+    with pytest.raises(ValueError, match="different projections"):
+        LoraTripletConfig(relation_positions="KV", subject_positions="V")
+    # without the relation (or subject) LoRA there is nothing to collide with
+    assert LoraTripletConfig(relation_positions="KV", subject_positions="V", use_relation=False)
 
 
 def test_direct_baseline_and_ablation_switches(tiny_dir: Path) -> None:

@@ -139,3 +139,23 @@ def test_gradients_flow_into_current_negatives_but_not_into_banked_features() ->
     assert torch.allclose(detached, loss.detach())
     assert not torch.allclose(grad, grad_detached)
     assert F.cosine_similarity(grad.flatten(), grad_detached.flatten(), dim=0) < 0.9999
+
+
+def test_a_bank_restored_from_cpu_holds_its_entries_on_the_training_device() -> None:
+    """Resume on GPU: the checkpoint is read onto the CPU, then the steps push device tensors.
+    The meta device stands in for CUDA: mixing it with CPU entries fails as CUDA does."""
+    saved = MemoryBank(capacity=4)
+    saved.push(torch.randn(3, 2, 12))  # three CPU entries, as `torch.load(map_location="cpu")` gives
+    bank = MemoryBank(capacity=4, device="meta")
+    bank.load_state_dict(saved.state_dict())
+    assert len(bank) == 3 and all(e.device.type == "meta" for e in bank.items)
+
+    bank.push(torch.empty(2, 2, 12, device="meta"))  # two steps' entries from the training device
+    assert len(bank) == 4 and all(e.device.type == "meta" for e in bank.items)
+    drawn = bank.sample(4, torch.Generator().manual_seed(0))  # the draw spans restored and new entries
+    assert drawn.shape == (4, 2, 12) and drawn.device.type == "meta"
+    assert bank.state_dict()["items"].shape == (4, 2, 12)  # the next checkpoint
+
+    cpu_bank = MemoryBank(capacity=2)  # entries pushed from elsewhere are moved to the bank's device
+    cpu_bank.push(torch.ones(1, 3, dtype=torch.float64))
+    assert cpu_bank.device == torch.device("cpu") and cpu_bank.items[0].device.type == "cpu"

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 from conftest_model import Text, cpu_base, make_clips, tiny_train_config
+from safetensors.torch import load_file, save_file
 
 from dreamrelation.data.video import read_video
 from dreamrelation.model import lora
 from dreamrelation.model import train as T
 from dreamrelation.model.config import LoraTripletConfig, SampleConfig
 from dreamrelation.model.mochi import load_transformer
-from dreamrelation.model.sample import generate, load_inference_pipeline, sample_video
+from dreamrelation.model.sample import LoraFileError, check_lora_file, generate, load_inference_pipeline, sample_video
 
 TINY = SampleConfig(steps=2, frames=7, height=32, width=48, guidance=6.0, seed=3)
 PROMPT = "A bear is shaking hands with a raccoon in a meadow."
@@ -54,8 +55,46 @@ def test_a_lora_without_the_transformer_prefix_is_refused(tiny_dir: Path, tmp_pa
     model = load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2))
     model.save_lora_adapter(tmp_path, adapter_name="relation")
-    with pytest.raises(ValueError, match="loaded no LoRA weights"):
+    with pytest.raises(LoraFileError, match="has no 'transformer.' keys"):
         load_inference_pipeline(tiny_dir, tmp_path / "pytorch_lora_weights.safetensors")
+
+
+def _bad_loras(folder: Path, lora_file: Path) -> dict[str, tuple[Path, str]]:
+    """Files a user might pass as --lora, each with the message that must name what is wrong."""
+    text = folder / "notes.safetensors"
+    text.write_text("not a tensor file at all")
+    tensors = load_file(lora_file)
+    elsewhere = folder / "unknown_module.safetensors"
+    key = next(k for k in tensors if ".to_q.lora_A." in k)
+    save_file({key.replace("attn1.to_q", "attn9.to_q"): tensors[key]}, elsewhere)
+    bigger = folder / "other_size.safetensors"
+    save_file({key: torch.zeros(tensors[key].shape[0], 3072)}, bigger)
+    return {
+        "not safetensors": (text, f"LoRA file {text} is not a safetensors file"),
+        "unknown module": (elsewhere, "transformer_blocks.0.attn9.to_q, which does not exist in this model"),
+        "another size": (bigger, "a LoRA trained for another model size"),
+    }
+
+
+def test_a_bad_lora_file_is_one_line_naming_it(tiny_dir: Path, lora_file: Path, tmp_path: Path) -> None:
+    check_lora_file(lora_file, load_transformer(tiny_dir))  # the real export passes
+    for kind, (path, message) in _bad_loras(tmp_path, lora_file).items():
+        with pytest.raises(LoraFileError) as err:
+            load_inference_pipeline(tiny_dir, path)
+        assert message in str(err.value) and str(path) in str(err.value), kind
+
+
+def test_cli_sample_with_a_bad_lora_exits_with_one_error_line(tiny_dir: Path, lora_file: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dreamrelation.flows.cli import app
+
+    path, message = _bad_loras(tmp_path, lora_file)["not safetensors"]
+    args = ["sample", "--lora", str(path), "--out", str(tmp_path / "x.mp4"), "-s", f"model.model_dir={tiny_dir}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert f"error: {message}" in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "x.mp4").exists()
 
 
 def test_sample_video_writes_an_mp4(tiny_dir: Path, lora_file: Path, tmp_path: Path) -> None:

@@ -118,3 +118,22 @@ def test_selection_from_an_fsspec_url(synthetic_root):
     assert remote.clip_ids == local.clip_ids
     assert all(c.video.startswith("memory://") for c in remote.clips)
     assert [c.frames for c in remote.clips] == [c.frames for c in local.clips]
+
+
+def test_skeletons_that_do_not_fit_the_video_are_dropped(tmp_path, synthetic_root):
+    """A video resized after capture: its skeleton's colorX/colorY point outside the smaller frame."""
+    import shutil
+
+    from dreamrelation.data.video import read_video, resize_frames, write_video
+
+    root = tmp_path / "ntu"
+    shutil.copytree(synthetic_root, root)
+    manifest = _select(root, relation="A058", clips_per_relation=5)
+    victim = manifest.clips[0]
+    frames, fps = read_video(victim.video)
+    write_video(victim.video, resize_frames(frames, 90, 160), fps)  # 320x180 -> 160x90
+    after = _select(root, relation="A058", clips_per_relation=4)
+    reason = {d.clip_id: d.reason for d in after.dropped}[victim.clip_id]
+    assert reason.startswith("skeleton does not fit the video: ")
+    assert "outside the 160x90 frame" in reason
+    assert victim.clip_id not in after.clip_ids

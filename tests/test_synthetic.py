@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from dreamrelation.data import synthetic
 from dreamrelation.data.ntu import ClipName, parse_file_name
 from dreamrelation.data.skeleton import INFERRED, TRACKED, read_skeleton
-from dreamrelation.data import synthetic
 from dreamrelation.data.synthetic import (
     RELATION_MOTIONS,
     STAMP_NAME,

@@ -151,6 +151,48 @@ def test_hmt_off_trains_all_adapters_with_the_plain_loss(tiny_dir: Path, text: T
     assert abs(record["loss_rec"] - (v - T.flow_target(z0, eps)).square().mean().item()) < 1e-5
 
 
+def _subject_step(tiny_dir: Path, text: Text, vae_config, **update):
+    """One forced `subject1` step with filled banks; its record, LoRA gradients and bank sizes."""
+    cfg = tiny_train_config(**update)
+    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state.groups = ["subject1"]
+    g = torch.Generator().manual_seed(3)
+    state.pos_bank.push(torch.randn(2, 2, 12, generator=g))  # (f - 1, C) dynamics entries, f = 3
+    state.neg_bank.push(torch.randn(5, 12, generator=g))
+    grads: dict[str, torch.Tensor] = {}
+    for name, param in lora.lora_parameters(state.transformer).items():
+        param.register_hook(lambda grad, name=name: grads.__setitem__(name, grad.clone()))
+    record = T.train_step(state, make_clips(text), text.empty, vae_config, cfg)
+    return record, grads, (len(state.pos_bank), len(state.neg_bank))
+
+
+def test_rcl_branches_choose_whether_subject_steps_get_the_contrastive_loss(tiny_dir: Path, text: Text,
+                                                                            vae_config) -> None:
+    """METHOD.md §4: 'all' (the authors' code) puts the RCL gradient into the subject LoRA + FFN on
+    subject steps and feeds the banks; 'relation' makes a subject step exactly the step without RCL."""
+    assert tiny_train_config().rcl_branches == "all"
+    plain, plain_grads, plain_banks = _subject_step(tiny_dir, text, vae_config, rcl=False)
+    rel, rel_grads, rel_banks = _subject_step(tiny_dir, text, vae_config, rcl_branches="relation")
+    every, every_grads, every_banks = _subject_step(tiny_dir, text, vae_config, rcl_branches="all")
+
+    assert plain["group"] == rel["group"] == every["group"] == "subject1"
+    assert rel["loss_rcl"] is None and plain_banks == rel_banks == (2, 5)  # banks untouched
+    assert rel_grads.keys() == plain_grads.keys() and all(torch.equal(rel_grads[k], plain_grads[k]) for k in rel_grads)
+    assert every["loss_rcl"] is not None and every_banks == (3, 8)  # + one dynamics entry, + f frames
+    assert {lora.adapter_of(k) for k in every_grads} == {"subject1", "ffn"}
+    moved = {lora.adapter_of(k) for k in every_grads if not torch.equal(every_grads[k], plain_grads[k])}
+    assert moved == {"subject1", "ffn"}
+
+    # relation steps keep the contrastive loss under 'relation'
+    cfg = tiny_train_config(steps=8, rcl_branches="relation")
+    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    records = [T.train_step(state, make_clips(text), text.empty, vae_config, cfg) for _ in range(cfg.steps)]
+    relation_steps = [r for r in records if r["group"] == "relation"]
+    assert all(r["loss_rcl"] is None for r in records if r["group"] != "relation")
+    assert len(relation_steps) >= 2 and all(r["loss_rcl"] is not None for r in relation_steps[1:])
+    assert len(state.pos_bank) == len(relation_steps)  # only relation steps feed the banks
+
+
 def test_ablations_and_direct_baseline_run(tiny_dir: Path, text: Text, vae_config, tmp_path: Path) -> None:
     clips = make_clips(text)
     variants = {
@@ -202,8 +244,9 @@ def test_resume_is_exact(tiny_dir: Path, text: Text, vae_config, tmp_path: Path)
     half = T.train(clips, text.empty, vae_config, cfg, tmp_path / "split", cpu_base(tiny_dir), stop_at=4)
     assert half.final_step == 4 and half.lora_path is None
     # an interrupted run may have logged steps past its last checkpoint: they are redone
+    # ... and the last line may be torn (disk full, or killed mid-write): ignored, then rewritten
     with (tmp_path / "split" / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"step": 5, "loss_rec": 0.0}) + "\n")
+        f.write(json.dumps({"step": 5, "loss_rec": 0.0}) + "\n" + '{"step": 6, "loss_r')
     rest = T.train(clips, text.empty, vae_config, cfg, tmp_path / "split", cpu_base(tiny_dir))
     assert rest.resumed_from == 4 and rest.final_step == 8
     again = T.train(clips, text.empty, vae_config, cfg, tmp_path / "split", cpu_base(tiny_dir))  # nothing left
@@ -218,6 +261,17 @@ def test_resume_is_exact(tiny_dir: Path, text: Text, vae_config, tmp_path: Path)
     sa = torch.load(whole.checkpoint / "state.pt", weights_only=True)
     sb = torch.load(rest.checkpoint / "state.pt", weights_only=True)
     assert torch.equal(sa["neg_bank"]["items"], sb["neg_bank"]["items"])
+
+
+def test_metrics_log_with_a_torn_last_line_or_a_bad_middle_line(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    with caplog.at_level("WARNING", logger="dreamrelation"):
+        assert T.read_metrics(path) == [{"step": 1}, {"step": 2}]
+    assert "ignoring a torn last line (3)" in caplog.text and str(path) in caplog.text
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=rf"{path} line 2 is not a JSON record"):
+        T.read_metrics(path)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dir: Path, text: Text, vae_config,

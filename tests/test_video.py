@@ -11,6 +11,7 @@ from dreamrelation.data.video import (
     probe_video,
     read_video,
     resample_indices,
+    warn_if_crop_discards_most,
     write_video,
 )
 
@@ -83,3 +84,17 @@ def test_video_config_validation():
         VideoConfig(height=100)
     with pytest.raises(ValueError, match="6k\\+1"):
         VideoConfig(num_frames=48)
+
+
+def test_a_crop_that_discards_most_of_the_frame_is_warned_about(tmp_path, caplog):
+    portrait = tmp_path / "portrait.mp4"
+    write_video(portrait, np.zeros((7, 96, 48, 3), np.uint8), 30.0)
+    landscape = tmp_path / "landscape.mp4"
+    write_video(landscape, np.zeros((7, 48, 96, 3), np.uint8), 30.0)
+    with caplog.at_level("WARNING", logger="dreamrelation.video"):
+        load_clip(landscape, 7, 32, 48, aspect=848 / 480)
+        assert caplog.text == ""
+        load_clip(portrait, 7, 32, 48, aspect=848 / 480)
+    # 48x96 cropped to 848:480 keeps 48x27 of 48x96 pixels: 28 %
+    assert f"{portrait}: the centre crop to 1.77:1 keeps only 28% of its 48x96 frame" in caplog.text
+    assert warn_if_crop_discards_most("square", 100, 100, 848 / 480) == pytest.approx(57 * 100 / 100**2)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import fsspec
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.manifest import Manifest
 from dreamrelation.data.relations import Relation, read_user_table
 
@@ -23,7 +24,7 @@ class CaptionError(ValueError):
     """A malformed per-clip caption file."""
 
 
-class CaptionConfig(BaseModel):
+class CaptionConfig(StrictConfig):
     """Where captions come from and how the sidecar folder is laid out."""
 
     captions_file: str | None = Field(

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 import zarr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.manifest import ClipRecord, Manifest
 from dreamrelation.data.masks import latent_shape
 from dreamrelation.data.store import fetch_local, zarr_location
@@ -45,16 +46,35 @@ TEXT_STORE = "text.zarr"
 FORMAT_VERSION = 1
 
 
-class LatentConfig(BaseModel):
+class LatentConfig(StrictConfig):
     """Parameters of the encode_latents stage (METHOD.md §1)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(1, ge=1, description="Clips per VAE encode call")
     text_batch_size: int = Field(8, ge=1, description="Captions per T5 encode call")
     max_text_length: int = Field(256, ge=1, description="T5 tokens per caption (Mochi uses 256)")
-    vae_tiling: bool = Field(False, description="Encode in spatial tiles (less GPU memory, slower)")
+    vae_tiling: bool | Literal["auto"] = Field(
+        "auto",
+        description="Encode in spatial tiles (less GPU memory, slower; latents differ slightly at tile "
+        "seams). 'auto': tile when a clip has more than `vae_tiling_above` megapixel-frames, since an "
+        "untiled full-resolution encode is the largest allocation of the pipeline (docs/performance.md).",
+    )
+    vae_tiling_above: float = Field(
+        10.0,
+        ge=0,
+        description="Size above which 'auto' tiling encodes in tiles, in megapixel-frames "
+        "(frames x height x width / 1e6): 61x480x848 is 24.8, 25x480x848 is 10.2, the demo's 25x96x160 is 0.4.",
+    )
     vae_slicing: bool = Field(False, description="Encode a batch one clip at a time inside the VAE")
+
+
+def use_vae_tiling(config: LatentConfig, video: VideoConfig) -> bool:
+    """Whether clips of `video` are VAE-encoded in tiles: as configured, or for 'auto' by clip size.
+
+    (The Mochi VAE only tiles frames larger than its 256 px tile, so small clips are never cut.)
+    """
+    if config.vae_tiling != "auto":
+        return config.vae_tiling
+    return video.num_frames * video.height * video.width / 1e6 > config.vae_tiling_above
 
 
 def video_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -125,8 +145,9 @@ def encode_videos(
     device = resolve_device(model)
     vae = load_vae(model_dir, resolve_dtype(model, device), device)
     vae.eval()
-    if config.vae_tiling:
+    if use_vae_tiling(config, video):
         vae.enable_tiling()
+        log.info("encode_latents: VAE tiling on for %dx%dx%d clips", video.num_frames, video.height, video.width)
     if config.vae_slicing:
         vae.enable_slicing()
     shape = (vae.config.latent_channels, *latent_shape(video))

@@ -37,9 +37,10 @@ import cv2
 import fsspec
 import numpy as np
 import zarr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.manifest import ClipRecord, Manifest
 from dreamrelation.data.skeleton import SkeletonSequence, read_skeleton
 from dreamrelation.data.store import fetch_local, zarr_location
@@ -72,10 +73,8 @@ def latent_shape(video: VideoConfig) -> tuple[int, int, int]:
     return latent_frames(video.num_frames), video.height // SPATIAL_COMPRESSION, video.width // SPATIAL_COMPRESSION
 
 
-class MaskConfig(BaseModel):
+class MaskConfig(StrictConfig):
     """Parameters of the make_masks stage (METHOD.md §3)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: MaskBackend = Field(
         "grounded-sam2",

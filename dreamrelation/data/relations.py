@@ -65,6 +65,18 @@ class RelationError(ValueError):
     """An unknown relation id or a malformed relation table file."""
 
 
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """A PyYAML error on one line: `line L, column C: problem (context)`, 1-based positions."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(exc).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
+        return f"{text} ({context} at line {start.line + 1}, column {start.column + 1})"
+    return f"{text} ({context})" if context else text
+
+
 def read_user_table(path: str | Path, what: str, error: type[ValueError]) -> Any:
     """Parse a user-supplied .csv (-> list of row dicts) or .yaml/.yml (-> its data) file.
 
@@ -81,7 +93,7 @@ def read_user_table(path: str | Path, what: str, error: type[ValueError]) -> Any
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise error(f"{what} {path} is not valid YAML: {exc}") from None
+            raise error(f"{what} {path} is not valid YAML: {describe_yaml_error(exc)}") from None
     raise error(f"{what} {path}: use a .yaml, .yml or .csv file")
 
 
@@ -112,13 +124,24 @@ def load_relation_table(path: str | Path | None = None) -> dict[str, Relation]:
 
 
 def get_relation(relation_id: str | int, table: dict[str, Relation] | None = None) -> Relation:
-    """Look a relation up; an unknown id raises RelationError listing the known ones."""
+    """Look a relation up; an unknown id raises RelationError saying what the known ones are."""
     table = NTU_MUTUAL_RELATIONS if table is None else table
     rel_id = normalize_relation_id(relation_id)
     if rel_id not in table:
-        known = ", ".join(sorted(table))
-        raise RelationError(
-            f"unknown relation {relation_id!r}. Known relations: {known}. "
-            "Add your own with a relation table file (relations_file)."
-        )
+        raise RelationError(_unknown_relation_message(relation_id, rel_id, table))
     return table[rel_id]
+
+
+def _unknown_relation_message(given: str | int, rel_id: str, table: dict[str, Relation]) -> str:
+    """Why the id is unknown (a one-person NTU action?), the known relations, and how to add one."""
+    is_ntu_action = rel_id[:1] == "A" and rel_id[1:].isdigit() and 1 <= int(rel_id[1:]) <= 120
+    why = f": {rel_id} is a one-person NTU action; a relation needs two people" if is_ntu_action else ""
+    mutual = "; ".join(f"{r.id} {r.name}" for r in NTU_MUTUAL_RELATIONS.values())
+    own = sorted(set(table) - set(NTU_MUTUAL_RELATIONS))
+    own_text = f" Relations from your relations_file: {', '.join(own)}." if own else ""
+    return (
+        f"unknown relation {given!r}{why}. The {len(NTU_MUTUAL_RELATIONS)} two-person NTU actions are: {mutual}."
+        f"{own_text} To add a relation of your own, list it (id, name, caption) in a YAML or CSV "
+        "relation table and name that file in the relations_file config option, "
+        "e.g. -s relations_file=my_relations.yaml"
+    )

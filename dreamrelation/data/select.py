@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import fsspec
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.manifest import ClipRecord, DroppedClip, Manifest
 from dreamrelation.data.ntu import ClipName, ClipNameError, misnamed_clip_relation, parse_file_name
 from dreamrelation.data.relations import Relation
@@ -29,7 +30,7 @@ class SelectionError(ValueError):
     """Selection cannot produce a manifest: empty root, no usable clips, too few clips."""
 
 
-class SelectConfig(BaseModel):
+class SelectConfig(StrictConfig):
     """Which clips of a relation to train on."""
 
     dataset_root: str = Field(
@@ -43,6 +44,13 @@ class SelectConfig(BaseModel):
     performers: list[int] | None = Field(None, description="Keep only these performers; all if empty")
     min_two_body_fraction: float = Field(
         0.5, ge=0, le=1, description="Drop clips where fewer than this fraction of frames have two tracked bodies"
+    )
+    max_joints_outside_frame: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Drop clips where more than this fraction of tracked skeleton joints fall outside the video "
+        "frame (beyond a 10% border): skeletons that do not belong to the video, or videos resized after capture",
     )
     on_shortage: Literal["error", "take_all"] = Field(
         "error", description="If fewer usable clips exist than requested: fail, or take them all with a warning"
@@ -119,6 +127,12 @@ def check_clip(candidate: _Candidate, config: SelectConfig, video: VideoConfig) 
             info = probe_video(handle, name=candidate.video)
     except VideoError as exc:
         return None, f"unreadable video: {exc}"
+    outside = skeleton.fraction_outside(info.width, info.height)
+    if outside > config.max_joints_outside_frame:
+        return None, (
+            f"skeleton does not fit the video: {outside:.0%} of tracked joints (colorX/colorY) lie outside the "
+            f"{info.width}x{info.height} frame (skeleton of another clip, or a video resized after capture?)"
+        )
     usable = len(resample_indices(info.frames, info.fps, video.fps))
     if usable < video.num_frames:
         return None, f"too short: {usable} frames at {video.fps:g} fps, {video.num_frames} needed"

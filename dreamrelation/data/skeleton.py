@@ -75,6 +75,21 @@ class SkeletonSequence:
             dtype=int,
         )
 
+    def fraction_outside(self, width: int, height: int, margin: float = 0.1) -> float:
+        """Fraction of tracked joints whose colorX/colorY lie outside a width x height frame.
+
+        A joint counts as outside when it is more than `margin` of the frame size beyond an
+        edge (Kinect reports joints of a body at the border slightly off-frame). 0 when no
+        joint is tracked.
+        """
+        xy = [body.color_xy[body.tracked] for bodies in self.frames for body in bodies]
+        points = np.concatenate(xy) if xy else np.zeros((0, 2))
+        if not len(points):
+            return 0.0
+        x, y = points[:, 0], points[:, 1]
+        outside = (x < -margin * width) | (x > (1 + margin) * width) | (y < -margin * height) | (y > (1 + margin) * height)
+        return float(outside.mean())
+
     def body_ids(self) -> list[int]:
         """Distinct body ids in order of first appearance."""
         seen: dict[int, None] = {}

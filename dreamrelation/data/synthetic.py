@@ -33,8 +33,9 @@ from typing import Callable, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.ntu import ClipName, normalize_relation_id
 from dreamrelation.data.skeleton import INFERRED, NUM_JOINTS, TRACKED, Body, write_skeleton
 from dreamrelation.data.video import write_video
@@ -105,10 +106,8 @@ _DEPTH_FOCAL, _DEPTH_CX, _DEPTH_CY = 365.5, 256.0, 212.0
 _KINECT_ID_BASE = 72057594037927936  # real NTU body ids look like 72057594037928860
 
 
-class SyntheticConfig(BaseModel):
+class SyntheticConfig(StrictConfig):
     """What to generate; the same config always gives the same dataset."""
-
-    model_config = ConfigDict(extra="forbid")
 
     relations: list[str] = Field(
         default=["A058", "A055", "A112", "A052", "A059", "A060"],

@@ -44,11 +44,16 @@ def _statuses(group: zarr.Group) -> dict[str, tuple[int, str, str]]:
     return {r["clip_id"]: (row, r["status"], r["reason"]) for row, r in enumerate(group.attrs["clips"])}
 
 
-def load_training_clips(latents_location: str, masks_location: str) -> TrainingData:
+class TooFewClipsError(ValueError):
+    """Fewer usable training clips than `train.min_clips`; the message lists the left-out ones."""
+
+
+def load_training_clips(latents_location: str, masks_location: str, min_clips: int = 1) -> TrainingData:
     """TrainClips of every clip with latents, text features and masks; the others are logged and left out.
 
     `latents_location` is an encode_latents artifact (folder or URL holding latents.zarr and
-    text.zarr), `masks_location` a make_masks artifact (holding masks.zarr).
+    text.zarr), `masks_location` a make_masks artifact (holding masks.zarr). Fewer than
+    `min_clips` usable clips raise `TooFewClipsError` naming every left-out clip and its reason.
     """
     latents, text, masks = _open(latents_location, LATENTS_STORE), _open(latents_location, TEXT_STORE), _open(
         masks_location, MASKS_STORE
@@ -79,6 +84,12 @@ def load_training_clips(latents_location: str, masks_location: str) -> TrainingD
                 text_mask=torch.from_numpy(np.asarray(text["mask"][text_row])),
                 latent_masks=torch.from_numpy(np.asarray(masks["latent"][mask_row])),
             )
+        )
+    if len(clips) < min_clips:
+        why = "; ".join(f"{clip_id}: {reason}" for clip_id, reason in left_out.items()) or "none left out"
+        raise TooFewClipsError(
+            f"only {len(clips)} usable training clip(s), train.min_clips is {min_clips}. Left out: {why}. "
+            "Select more clips (select.clips_per_relation), fix the inputs, or lower train.min_clips"
         )
     empty_text = (torch.from_numpy(np.asarray(text["empty_embeds"][...])),
                   torch.from_numpy(np.asarray(text["empty_mask"][...])))

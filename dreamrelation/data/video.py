@@ -9,6 +9,7 @@ mask stays on the pixel of the frame it belongs to.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import IO, Annotated
 import av
 import cv2
 import numpy as np
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, Field
+
+from dreamrelation.configbase import StrictConfig
+
+log = logging.getLogger("dreamrelation.video")
 
 TEMPORAL_COMPRESSION = 6
 
@@ -38,7 +43,7 @@ FrameCount = Annotated[int, AfterValidator(_check_frame_count)]
 FrameSide = Annotated[int, AfterValidator(_check_multiple_of_16)]
 
 
-class VideoConfig(BaseModel):
+class VideoConfig(StrictConfig):
     """Target format of training clips (METHOD.md §1: 61 frames, 480x848, 30 fps)."""
 
     num_frames: FrameCount = Field(61, description="Frames per clip; must be 6k+1 (61 -> 11 latent frames)")
@@ -201,4 +206,21 @@ def load_clip(
 ) -> np.ndarray:
     """Decode and preprocess one clip to uint8 (num_frames, height, width, 3)."""
     frames, src_fps = read_video(path)
+    warn_if_crop_discards_most(str(path), frames.shape[1], frames.shape[2], aspect)
     return preprocess_frames(frames, src_fps, num_frames, height, width, fps, aspect, name=str(path))
+
+
+def warn_if_crop_discards_most(name: str, height: int, width: int, aspect: float) -> float:
+    """Log a warning when the centre crop to `aspect` keeps less than half the frame; returns the kept fraction.
+
+    A portrait or square video cropped to 848:480 keeps a third of its pixels: the subjects may
+    be cut off, and a user should know before training on it.
+    """
+    _, _, crop_h, crop_w = crop_box(height, width, aspect)
+    kept = crop_h * crop_w / (height * width)
+    if kept < 0.5:
+        log.warning(
+            "%s: the centre crop to %.2f:1 keeps only %.0f%% of its %dx%d frame (portrait or square video?); "
+            "subjects near the edges are cut off", name, aspect, 100 * kept, width, height,
+        )
+    return kept

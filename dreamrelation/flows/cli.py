@@ -18,6 +18,7 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from dreamrelation.config import DEMO_RELATIONS, PipelineConfig, load_config  # noqa: E402
+from dreamrelation.flows.server_guard import guard_children  # noqa: E402
 from dreamrelation.plan import STAGES  # noqa: E402
 
 app = typer.Typer(
@@ -80,8 +81,16 @@ def _quiet_console_tracebacks() -> None:
 
 
 def _guard(fn, *args, **kwargs):
-    """Run a flow; known input errors become one clear line instead of a traceback."""
+    """Run a flow; known input errors become one clear line instead of a traceback.
+
+    Without PREFECT_API_URL the flow runs against a temporary Prefect server, a child process
+    that must not outlive the CLI, even a killed one: `guard_children` ends it then.
+    """
+    from prefect.settings import PREFECT_API_URL  # deferred like every prefect import here: fast --help
+
     _quiet_console_tracebacks()
+    if not PREFECT_API_URL.value():
+        guard_children()
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:

@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 from dreamrelation.config import DEMO_RELATIONS, PipelineConfig
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.relations import get_relation, load_relation_table
+from dreamrelation.data.store import ArtifactStore
 from dreamrelation.flows.encode_latents import encode_latents_flow
 from dreamrelation.flows.evaluate import evaluate_flow, evaluation_report_flow
 from dreamrelation.flows.make_masks import make_masks_flow
@@ -40,6 +41,7 @@ def relation_pipeline(
     """
     relation = normalize_relation_id(relation)
     get_relation(relation, load_relation_table(config.relations_file))  # fail fast on an unknown id
+    ArtifactStore(config.root).check_writable()  # ... and on a root no stage could write
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
     results = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from dreamrelation.config import PipelineConfig
+from dreamrelation.data.store import ArtifactStore
 from dreamrelation.tasks.common import StageResult
 from dreamrelation.tasks.selection import generate_synthetic_task, select_clips_task
 
@@ -12,5 +13,6 @@ from dreamrelation.tasks.selection import generate_synthetic_task, select_clips_
 @flow(name="select-clips", log_prints=True)
 def select_clips_flow(relation: str = "A058", config: PipelineConfig = PipelineConfig(), force: bool = False) -> StageResult:
     """Scan the NTU RGB+D root, filter, and write the clip manifest of `relation`."""
+    ArtifactStore(config.root).check_writable()  # before the synthetic dataset is written
     generate_synthetic_task(config)
     return select_clips_task(relation, config, force)

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from dreamrelation.configbase import StrictConfig  # base of the config models: unknown keys are errors
 from dreamrelation.data.video import FrameCount, FrameSide
-
-
-class StrictConfig(BaseModel):
-    """Base of the config models: unknown fields are errors (a typo never passes silently)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class BaseModelConfig(StrictConfig):
@@ -59,6 +54,12 @@ class BaseModelConfig(StrictConfig):
         return cls(profile="demo", device="cpu", dtype="float32")
 
 
+#: Attention projections an adapter can sit on (both streams), as in the paper's Table 3.
+Positions = Literal["V", "Q", "KV", "QK"]
+#: Paper Table 3 rows: the subject position that goes with each relation position (METHOD.md §2).
+TABLE3_SUBJECT_POSITIONS: dict[str, str] = {"V": "QK", "Q": "KV", "KV": "Q", "QK": "V"}
+
+
 class LoraTripletConfig(StrictConfig):
     """Where the LoRAs go (METHOD.md §2, ablations of §6 / paper Table 3)."""
 
@@ -69,14 +70,20 @@ class LoraTripletConfig(StrictConfig):
     )
     rank: int = Field(default=16, ge=1, description="LoRA rank r of every adapter.")
     alpha: float = Field(default=16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
-    relation_positions: Literal["V", "Q", "KV", "QK"] = Field(
+    relation_positions: Positions = Field(
         default="QK",
         description="Projections carrying the relation LoRA, in both streams (paper Table 3; QK is "
         "the method).",
     )
+    subject_positions: Positions | Literal["auto"] = Field(
+        default="auto",
+        description="Projections carrying the two subject LoRAs, in both streams. 'auto' pairs them "
+        "with the relation position as in the paper's Table 3: relation V -> subject QK, Q -> KV, "
+        "KV -> Q, QK -> V (the method). Relation and subject LoRAs never share a projection.",
+    )
     use_relation: bool = Field(default=True, description="Train the relation LoRA (ablation switch).")
     use_subject: bool = Field(
-        default=True, description="Train the two subject LoRAs on V (ablation switch)."
+        default=True, description="Train the two subject LoRAs (on `subject_positions`; ablation switch)."
     )
     use_ffn: bool = Field(
         default=True, description="Train the FFN LoRA on the attention output projections (ablation switch)."
@@ -86,7 +93,20 @@ class LoraTripletConfig(StrictConfig):
     def _something_to_train(self) -> LoraTripletConfig:
         if self.mode == "triplet" and not (self.use_relation or self.use_subject or self.use_ffn):
             raise ValueError("all adapter types are disabled: nothing to train")
+        shared = set(self.relation_positions) & set(self.resolved_subject_positions())
+        if self.mode == "triplet" and self.use_relation and self.use_subject and shared:
+            raise ValueError(
+                f"relation_positions={self.relation_positions} and subject_positions="
+                f"{self.resolved_subject_positions()} share {''.join(sorted(shared))}: relation and subject "
+                "LoRAs must sit on different projections (METHOD.md §2)"
+            )
         return self
+
+    def resolved_subject_positions(self) -> str:
+        """The subject position: as given, or for 'auto' the Table 3 partner of the relation position."""
+        if self.subject_positions == "auto":
+            return TABLE3_SUBJECT_POSITIONS[self.relation_positions]
+        return self.subject_positions
 
     @classmethod
     def demo(cls) -> LoraTripletConfig:
@@ -116,6 +136,12 @@ class TrainConfig(StrictConfig):
     """The training run (METHOD.md §3-§5)."""
 
     steps: int = Field(default=2400, ge=1, description="Optimizer steps (batch size 1).")
+    min_clips: int = Field(
+        default=4,
+        ge=1,
+        description="Refuse to train on fewer usable clips than this (clips left out by the latents or "
+        "masks stage do not count); the error names each left-out clip and why.",
+    )
     lr: float = Field(default=2e-4, gt=0, description="AdamW peak learning rate.")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(default=200, ge=0, description="Linear warmup steps, then cosine decay to 0.")
@@ -133,6 +159,12 @@ class TrainConfig(StrictConfig):
         description="Hybrid mask training. Off: all adapters every step and an unweighted loss.",
     )
     rcl: bool = Field(default=True, description="Space-time relational contrastive loss.")
+    rcl_branches: Literal["all", "relation"] = Field(
+        default="all",
+        description="HMT branches whose steps add the contrastive loss and feed its memory banks "
+        "(METHOD.md §4). 'all' (the authors' code): every step, so on subject steps its gradient "
+        "reaches the subject LoRAs + FFN; 'relation': only relation-branch steps.",
+    )
     caption_dropout: float = Field(
         default=0.1, ge=0, le=1, description="Probability of training on the empty prompt (for CFG)."
     )
@@ -141,6 +173,14 @@ class TrainConfig(StrictConfig):
         description="Draw z0 from the VAE posterior (mean + std * noise) instead of its mode.",
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute block activations in backward.")
+    deterministic: bool = Field(
+        default=False,
+        description="Deterministic GPU training: torch.use_deterministic_algorithms (strict), "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8 and attention without the cuDNN backend (flash / "
+        "memory-efficient attention then use their deterministic backward). Makes resume bit-identical "
+        "on the same GPU model and software; costs step time (docs/performance.md). CPU training is "
+        "deterministic either way.",
+    )
     checkpoint_every: int = Field(default=200, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_last: int = Field(default=3, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
     sample_every: int = Field(
@@ -159,6 +199,7 @@ class TrainConfig(StrictConfig):
         """30 steps on the tiny model (about a second on 2 CPU cores) with two tiny sample videos."""
         return cls(
             steps=30,
+            min_clips=1,
             lr=1e-3,
             warmup_steps=5,
             checkpoint_every=10,

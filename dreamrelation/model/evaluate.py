@@ -50,6 +50,8 @@ from dreamrelation.data.video import read_video, write_video
 from dreamrelation.model import metrics
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
 from dreamrelation.model.config_eval import EvalConfig, EvalMethod
+from dreamrelation.model.mochi import resolve_device, resolve_dtype, resolve_model_dir
+from dreamrelation.model.sample import check_lora_file, generate, load_inference_pipeline, read_lora_shapes
 from dreamrelation.model.train import LORA_FILE
 from dreamrelation.model.vlm import (
     VLMBackend,
@@ -147,6 +149,7 @@ def resolve_lora(method: EvalMethod, relation: str, relation_lora: str | Path | 
             path = path / LORA_FILE
     if not path.is_file():
         raise EvaluationError(f"method {method.name!r}: inference LoRA {path} does not exist")
+    read_lora_shapes(path)  # fail before any video is generated, naming the file
     return path
 
 
@@ -244,8 +247,6 @@ def generate_videos(
     `loras` maps a method slug to its inference LoRA (None: base model). The pipeline is only
     loaded when something is missing.
     """
-    from dreamrelation.model.mochi import resolve_device, resolve_dtype, resolve_model_dir
-    from dreamrelation.model.sample import generate, load_inference_pipeline
 
     out = Path(out_dir)
     all_jobs = [job for method_jobs in jobs.values() for job in method_jobs]
@@ -266,6 +267,7 @@ def generate_videos(
                 lora = loras.get(slug)
                 adapter = _adapter_name(slug)
                 if lora is not None:
+                    check_lora_file(lora, pipe.transformer)
                     pipe.load_lora_weights(str(lora), adapter_name=adapter)
                     if adapter not in getattr(pipe.transformer, "peft_config", {}):
                         raise EvaluationError(f"{lora} loaded no LoRA weights into the transformer")

@@ -5,8 +5,12 @@ Four named peft adapters live side by side in the diffusers transformer:
 | adapter | vision stream | text stream |
 |---|---|---|
 | `relation` | `to_q`, `to_k` (configurable) | `add_q_proj`, `add_k_proj` |
-| `subject1`, `subject2` | `to_v` | `add_v_proj` |
+| `subject1`, `subject2` | `to_v` (configurable) | `add_v_proj` |
 | `ffn` | `to_out.0` | `to_add_out` (absent in the last block) |
+
+The paper's Table 3 rows move the relation LoRA and put the subject LoRAs on the complementary
+projections (relation V + subject QK, Q + KV, KV + Q, QK + V), so relation and subject adapters
+never share a module (METHOD.md §2; `LoraTripletConfig.subject_positions`).
 
 Targets are anchored regexes over full module names (peft `fullmatch`es a string
 `target_modules`), because a bare `to_q` would also hit `time_embed.pooler.to_q`.
@@ -52,7 +56,7 @@ _PROJECTIONS = {
     "v": ("to_v", "add_v_proj"),
     "out": (r"to_out\.0", "to_add_out"),
 }
-_RELATION_POSITIONS = {"V": ("v",), "Q": ("q",), "KV": ("k", "v"), "QK": ("q", "k")}
+_POSITIONS = {"V": ("v",), "Q": ("q",), "KV": ("k", "v"), "QK": ("q", "k")}
 _LORA_PARAM = re.compile(r"\.lora_[AB]\.([^.]+)\.weight$")
 
 
@@ -68,10 +72,11 @@ def adapter_targets(cfg: LoraTripletConfig) -> dict[str, str]:
         return {DIRECT: target_regex(("q", "k", "v", "out"))}
     targets: dict[str, str] = {}
     if cfg.use_relation:
-        targets["relation"] = target_regex(_RELATION_POSITIONS[cfg.relation_positions])
+        targets["relation"] = target_regex(_POSITIONS[cfg.relation_positions])
     if cfg.use_subject:
-        targets["subject1"] = target_regex(("v",))
-        targets["subject2"] = target_regex(("v",))
+        subject = target_regex(_POSITIONS[cfg.resolved_subject_positions()])
+        targets["subject1"] = subject
+        targets["subject2"] = subject
     if cfg.use_ffn:
         targets["ffn"] = target_regex(("out",))
     return targets

@@ -29,24 +29,31 @@ class MemoryBank:
     """FIFO bank of detached feature tensors (METHOD.md §4); part of the training state.
 
     Each entry has the same shape; pushing beyond `capacity` evicts the oldest entries first.
+    All entries live on `device` (the training device, METHOD.md §4): pushed entries are moved
+    there and `load_state_dict` restores saved entries there, whatever device they were saved
+    or loaded on (a checkpoint is read onto the CPU).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, device: str | torch.device = "cpu") -> None:
         self.capacity = capacity
+        self.device = torch.device(device)
         self.items: list[torch.Tensor] = []
 
     def __len__(self) -> int:
         return len(self.items)
 
     def push(self, entries: torch.Tensor) -> None:
-        """Append `entries` (N, ...) in order, detached; keep the newest `capacity`."""
-        for entry in entries.detach():
+        """Append `entries` (N, ...) in order, detached and on the bank's device; keep the newest `capacity`."""
+        for entry in entries.detach().to(self.device):
             self.items.append(entry.clone())
         if len(self.items) > self.capacity:
             del self.items[: len(self.items) - self.capacity]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """min(n, len) distinct entries drawn uniformly, stacked (k, ...); None when empty or n == 0."""
+        """min(n, len) distinct entries drawn uniformly, stacked (k, ...); None when empty or n == 0.
+
+        The draw uses the (CPU) `generator`, so it does not depend on the bank's device.
+        """
         k = min(n, len(self.items))
         if k == 0:
             return None
@@ -58,9 +65,10 @@ class MemoryBank:
         return {"capacity": self.capacity, "items": items}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore capacity and entries; the entries are put on the bank's device."""
         self.capacity = int(state["capacity"])
         items = state["items"]
-        self.items = [] if items is None else [entry.clone() for entry in items]
+        self.items = [] if items is None else [entry.to(self.device).clone() for entry in items]
 
 
 def relation_features(v_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

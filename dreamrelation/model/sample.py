@@ -9,11 +9,14 @@ prompt, 61 frames at 480x848, 30 fps. The initial noise comes from a CPU generat
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline
+from safetensors import safe_open
+from torch import nn
 
 from dreamrelation.data.video import write_video
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
@@ -30,6 +33,54 @@ from dreamrelation.model.mochi import (
 log = logging.getLogger("dreamrelation.model")
 
 LORA_ADAPTER = "relation_lora"
+_LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
+
+
+class LoraFileError(ValueError):
+    """A file given as an inference LoRA that is not one for this model; the message names it."""
+
+
+def read_lora_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of an inference LoRA file, checked to be safetensors with `transformer.` keys.
+
+    This is the format `export_inference_lora` writes and `MochiPipeline.load_lora_weights`
+    reads (METHOD.md §5 Export); anything else raises `LoraFileError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoraFileError(f"LoRA file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) on any bad header
+        raise LoraFileError(f"LoRA file {path} is not a safetensors file ({exc})") from None
+    if not any(key.startswith("transformer.") for key in shapes):
+        example = next(iter(shapes), "none")
+        raise LoraFileError(
+            f"LoRA file {path} has no 'transformer.' keys (e.g. {example!r}): not an inference LoRA for "
+            "MochiPipeline; use the relation_lora.safetensors a training run exports"
+        )
+    return shapes
+
+
+def check_lora_file(path: str | Path, transformer: nn.Module) -> None:
+    """Raise `LoraFileError` unless every LoRA matrix in `path` fits a linear layer of `transformer`."""
+    layers = {name: m for name, m in transformer.named_modules() if isinstance(m, nn.Linear)}
+    for key, shape in read_lora_shapes(path).items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            continue  # e.g. alphas or metadata entries the loader understands
+        module = match["module"]
+        if module not in layers:
+            raise LoraFileError(f"LoRA file {path} targets {module}, which does not exist in this model ({key})")
+        layer = layers[module]
+        rank = shape[0] if match["kind"] == "A" else shape[1]
+        expected = (rank, layer.in_features) if match["kind"] == "A" else (layer.out_features, rank)
+        if len(shape) != 2 or shape != expected:
+            raise LoraFileError(
+                f"LoRA file {path}: {key} has shape {list(shape)}, but {module} needs {list(expected)}: "
+                "a LoRA trained for another model size"
+            )
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -47,6 +98,7 @@ def load_inference_pipeline(
     pipe = load_pipeline(model_dir, dtype=dtype, device=device)
     pipe.vae.enable_tiling()  # only tiles frames larger than 256 px: a no-op for the demo sizes
     if lora_path is not None:
+        check_lora_file(lora_path, pipe.transformer)
         pipe.load_lora_weights(str(lora_path), adapter_name=LORA_ADAPTER)
         if LORA_ADAPTER not in getattr(pipe.transformer, "peft_config", {}):
             raise ValueError(f"{lora_path} loaded no LoRA weights into the transformer")

@@ -9,10 +9,26 @@ latent normalization. Each step:
 2. activate exactly the group's adapters (idle adapters get no gradient and no optimizer
    update: no momentum, no weight decay; they stay bit-identical);
 3. x_s = (1 - s) z0 + s eps, t = 1000 (1 - s), target v = z0 - eps (METHOD.md §1);
-4. L = L_rec (mask-weighted, §3) + lambda_1 L_RCL (§4); AdamW, warmup + cosine.
+4. L = L_rec (mask-weighted, §3) + lambda_1 L_RCL (§4; on every step, or with
+   `rcl_branches="relation"` only on relation-branch steps, which alone then feed the banks);
+   AdamW, warmup + cosine.
 
-Checkpoints hold the adapters, optimizer, LR schedule, both memory banks, RNG states and the
-step, so that N steps + resume N steps gives bit-identical weights to 2N uninterrupted steps.
+Checkpoints hold the adapters, optimizer, LR schedule, both memory banks (restored onto the
+training device), RNG states and the step. What "N steps + resume N steps equals 2N steps"
+means exactly:
+- CPU: bit-identical weights, banks and logs (all CPU kernels used here are deterministic).
+- CUDA with `train.deterministic`: bit-identical on the same GPU model with the same torch /
+  CUDA / cuDNN versions (deterministic algorithms, fixed cuBLAS workspace, no cuDNN attention,
+  deterministic flash / memory-efficient attention backward).
+- CUDA without it (the default, faster): the same draws (clip, group, dropout, s, noise come
+  from a CPU generator seeded by (seed, step)) and the same restored state, but the attention
+  backward and some cuBLAS reductions are not bit-reproducible, so weights agree only to
+  floating-point noise and can drift apart over many steps; two uninterrupted runs differ
+  the same way.
+
+Mixed precision (`numerics.py`): with bfloat16 base weights the forward runs under bfloat16
+autocast, on CPU exactly as on CUDA; the LoRA weights, their gradients and the optimizer stay
+float32, and the losses are computed in float32.
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dreamrelation.model import lora
+from dreamrelation.model import lora, numerics
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
 from dreamrelation.model.losses import MemoryBank, masked_flow_loss, relational_contrastive_step
 from dreamrelation.model.mochi import (
@@ -47,6 +63,8 @@ log = logging.getLogger("dreamrelation.train")
 
 #: Index of each HMT group's mask in `TrainClip.latent_masks` (S1, S2, R).
 MASK_INDEX = {"subject1": 0, "subject2": 1, "relation": 2}
+#: Steps that count as the relation branch for `rcl_branches="relation"` ("all" = HMT off: every adapter).
+RELATION_BRANCHES = ("relation", "all")
 LORA_FILE = "relation_lora.safetensors"
 _CKPT_PREFIX = "step-"
 _COMPLETE = "COMPLETE"
@@ -144,7 +162,14 @@ def build_state(
     cfg: TrainConfig, model_dir: str | Path, device: torch.device, dtype: torch.dtype
 ) -> TrainState:
     """Load the base transformer, add the LoRAs, and make the optimizer, schedule and banks."""
-    transformer = load_transformer(model_dir, dtype=dtype, device=device)
+    return init_state(cfg, load_transformer(model_dir, dtype=dtype, device=device), device, dtype)
+
+
+def init_state(
+    cfg: TrainConfig, transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype
+) -> TrainState:
+    """The training state around a base `transformer` (already in `dtype`): freeze it, add the
+    LoRAs (float32), and make the optimizer, schedule and the memory banks on `device`."""
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # LoRA A matrices: same seed, same initial weights
         torch.manual_seed(cfg.seed)
@@ -163,8 +188,8 @@ def build_state(
         transformer=transformer,
         optimizer=optimizer,
         lr_scheduler=schedule,
-        pos_bank=MemoryBank(cfg.pos_bank_size),
-        neg_bank=MemoryBank(cfg.neg_bank_size),
+        pos_bank=MemoryBank(cfg.pos_bank_size, device),
+        neg_bank=MemoryBank(cfg.neg_bank_size, device),
         adapters=adapters,
         groups=lora.available_groups(cfg.lora) if cfg.hmt else ["all"],
         device=device,
@@ -234,50 +259,46 @@ def train_step(
     if group in MASK_INDEX and not direct:
         loss_mask = clip.latent_masks[:, MASK_INDEX[group]].to(device).unsqueeze(0)
 
-    # 4. loss (METHOD.md §3, §4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_use_autocast(state))
-    with autocast:
-        v_pred = state.transformer(
-            hidden_states=x,
-            encoder_hidden_states=embeds,
-            timestep=t,
-            encoder_attention_mask=mask,
-            return_dict=False,
-        )[0]
-    loss_rec = masked_flow_loss(v_pred, target, loss_mask, cfg.lambda_m)
-    loss_rcl = None
-    if cfg.rcl and not direct:
-        loss_rcl = relational_contrastive_step(
-            v_pred[0], state.pos_bank, state.neg_bank, cfg.n_pos, cfg.n_neg, cfg.tau, g
-        )
-    loss = loss_rec if loss_rcl is None else loss_rec + cfg.lambda_rcl * loss_rcl
-    record = {
-        "step": step,
-        "group": group,
-        "clip": clip.clip_id,
-        "caption_dropped": drop_caption,
-        "s": float(s),
-        "loss_rec": loss_rec.detach().item(),
-        "loss_rcl": None if loss_rcl is None else loss_rcl.detach().item(),
-        "lr": state.lr_scheduler.get_last_lr()[0],
-    }
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} (loss_rec={record['loss_rec']}, loss_rcl={record['loss_rcl']}, "
-            f"clip={clip.clip_id}, group={group})"
-        )
+    # 4. loss (METHOD.md §3, §4); forward and backward share the numerics (numerics.py)
+    with numerics.deterministic_mode(cfg.deterministic):
+        with numerics.autocast(device, state.dtype):
+            v_pred = state.transformer(
+                hidden_states=x,
+                encoder_hidden_states=embeds,
+                timestep=t,
+                encoder_attention_mask=mask,
+                return_dict=False,
+            )[0]
+        loss_rec = masked_flow_loss(v_pred, target, loss_mask, cfg.lambda_m)
+        loss_rcl = None
+        if cfg.rcl and not direct and (cfg.rcl_branches == "all" or group in RELATION_BRANCHES):
+            loss_rcl = relational_contrastive_step(
+                v_pred[0], state.pos_bank, state.neg_bank, cfg.n_pos, cfg.n_neg, cfg.tau, g
+            )
+        loss = loss_rec if loss_rcl is None else loss_rec + cfg.lambda_rcl * loss_rcl
+        record = {
+            "step": step,
+            "group": group,
+            "clip": clip.clip_id,
+            "caption_dropped": drop_caption,
+            "s": float(s),
+            "loss_rec": loss_rec.detach().item(),
+            "loss_rcl": None if loss_rcl is None else loss_rcl.detach().item(),
+            "lr": state.lr_scheduler.get_last_lr()[0],
+        }
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} (loss_rec={record['loss_rec']}, loss_rcl={record['loss_rcl']}, "
+                f"clip={clip.clip_id}, group={group})"
+            )
+        loss.backward()
 
     # 5. update: only parameters with a gradient (the active adapters) are touched
-    loss.backward()
     state.optimizer.step()
     state.lr_scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step = step
     return record
-
-
-def _use_autocast(state: TrainState) -> bool:
-    return state.device.type == "cuda" and state.dtype == torch.bfloat16
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -322,7 +343,11 @@ def save_checkpoint(state: TrainState, run_dir: str | Path, cfg: TrainConfig) ->
 
 
 def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: TrainConfig) -> None:
-    """Restore adapters, optimizer, schedule, banks, RNG states and step from `checkpoint`."""
+    """Restore adapters, optimizer, schedule, banks, RNG states and step from `checkpoint`.
+
+    The state file is read onto the CPU; the optimizer moves its moments to the parameters'
+    device and the memory banks move their entries to the training device (`MemoryBank`).
+    """
     checkpoint = Path(checkpoint)
     saved = load_file(checkpoint / "adapters.safetensors")
     params = lora.lora_parameters(state.transformer)
@@ -458,15 +483,37 @@ def _sample(sampler: Callable[[torch.nn.Module, int], Any], state: TrainState) -
         state.transformer.train()
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl`, one per logged step.
+
+    A torn last line (the disk filled up or the process was killed mid-write) is ignored with
+    a warning: resuming rewrites the log without it. A bad line anywhere else means the log
+    was damaged otherwise; that is an error naming the file and line.
+    """
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            if number == len(lines):
+                log.warning("%s: ignoring a torn last line (%d) left by an interrupted write: %.60r", path, number, line)
+                break
+            raise ValueError(f"{path} line {number} is not a JSON record ({exc}); fix or remove that line to resume") from None
+    return records
+
+
 def _last_record(path: Path) -> dict[str, Any]:
     """The last logged step (so a rerun of a finished run still reports its losses)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
+    records = read_metrics(path)
+    return records[-1] if records else {}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines after `step` (written by an interrupted run past its last checkpoint)."""
+    """Drop log lines after `step` (written by an interrupted run past its last checkpoint) and torn lines."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    path.write_text("".join(json.dumps(record) + "\n" for record in kept))

@@ -27,7 +27,7 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
     artifact = plan["train_relation"]
 
     def build(run_dir: str, summary: dict[str, Any]) -> None:
-        data = load_training_clips(latents_uri, masks_uri)
+        data = load_training_clips(latents_uri, masks_uri, config.train.min_clips)
         with Progress(artifact_key(relation, "train-steps"), config.train.steps, "training steps") as bar:
             result = train(
                 data.clips,

@@ -1,0 +1,86 @@
+"""bench/gpu.py without a GPU: the full-size plan on the meta device (METHOD.md §1-§2 sizes), and
+every measurement function run once on the tiny model on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamrelation.data.video import VideoConfig
+from dreamrelation.model.mochi import load_transformer, load_vae
+
+PER_PROJECTION = 48 * 16 * ((3072 + 3072) + (1536 + 3072))  # one of Q, K, V at rank 16, both streams
+FFN = 8_183_808  # METHOD.md §2
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_size_plan_on_the_meta_device(gpu) -> None:
+    plan = gpu.plan("meta")
+    assert plan["params"] == {
+        "relation": 16_515_072,
+        "subject1": 8_257_536,
+        "subject2": 8_257_536,
+        "ffn": FFN,
+        "direct": 3 * PER_PROJECTION + FFN,  # the plain baseline: Q, K, V and out
+    }
+    assert 9.5e9 < plan["base_params"] < 10.5e9  # Mochi-1 is a 10B DiT
+    assert plan["sizes"]["61x480x848"] == {"latent": (12, 11, 60, 106), "vision_tokens": 11 * 30 * 53,
+                                           "text_tokens": 256}
+    assert plan["sizes"]["25x480x848"]["latent"] == (12, 5, 60, 106)
+    assert plan["sizes"]["25x480x848"]["vision_tokens"] == 7950
+    transformer = plan["transformer"]
+    assert transformer.config.num_layers == 48 and transformer.is_gradient_checkpointing
+    dtypes = {p.dtype for n, p in transformer.named_parameters() if ".lora_" not in n}
+    assert dtypes == {torch.bfloat16}  # initialised directly in bf16, LoRAs in fp32
+    assert {p.dtype for n, p in transformer.named_parameters() if ".lora_" in n} == {torch.float32}
+    vae = gpu.full_size_vae("meta")
+    assert vae.config.latent_channels == 12 and {p.dtype for p in vae.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_without_cuda_it_says_so_in_one_line(gpu, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", ["bench/gpu.py"])
+    gpu.main()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "no CUDA device" in out
+
+
+def test_measurements_run_on_the_tiny_model_on_cpu(gpu, tiny_dir: Path, vae_config) -> None:
+    cpu = torch.device("cpu")
+    meter = gpu.Meter(cpu, budget_s=600)
+    small, smaller = VideoConfig(num_frames=13, height=32, width=32), VideoConfig(num_frames=7, height=32, width=32)
+    transformer = load_transformer(tiny_dir)
+    benches = gpu.training_benches(transformer, cpu, torch.float32, vae_config, small)
+    rows = gpu.measure_training(benches, "13x32x32", small, meter)
+    assert [r.what for r in rows] == ["DreamRelation step 13x32x32 (HMT + RCL)", "plain single-LoRA step 13x32x32",
+                                      "ratio dreamrelation/plain 13x32x32"]
+    assert all(r.seconds > 0 for r in rows) and rows[2].seconds == pytest.approx(rows[0].seconds / rows[1].seconds)
+    assert benches["full"].state.step == 4 and benches["plain"].state.step == 1 + gpu.PLAIN_STEPS
+    # another clip length after the first: the positive bank starts afresh, RCL still runs
+    rows += gpu.measure_training(benches, "7x32x32", smaller, meter, deterministic=True)
+    assert rows[-1].seconds > 0 and not benches["full"].cfg.deterministic and len(benches["full"].state.pos_bank) == 4
+    sampling = gpu.measure_sampling(transformer, small, meter, steps=64, repeats=1)
+    assert sampling.seconds > 0 and "x 64" in sampling.note
+    vae_rows = gpu.measure_vae(load_vae(tiny_dir), smaller, meter, size="7x32x32")
+    assert [r.what for r in vae_rows] == ["VAE encode 7x32x32, tiled", "VAE decode 7x32x32, tiled",
+                                          "VAE encode 7x32x32, untiled"]
+    assert all(r.seconds > 0 and r.peak_gib is None for r in vae_rows)  # CPU: no allocator peak
+    every = rows + [sampling] + vae_rows
+    table = gpu.format_table(every, "header").splitlines()
+    assert table[0] == "header" and len(table) == 4 + len(every)  # header, blank, column names, rule, rows
+    assert table[-1].startswith("| VAE encode 7x32x32, untiled | ")
+    failed = gpu.guarded("broken", meter, lambda: (_ for _ in ()).throw(RuntimeError("CUDA out of memory.")))
+    assert failed[0].seconds is None and "out of memory" in failed[0].note
