@@ -18,14 +18,14 @@ from pydantic import Field, ValidationError, model_validator
 
 from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.captions import CaptionConfig
-from dreamrelation.data.latents import LatentConfig
 from dreamrelation.data.masks import MaskConfig
 from dreamrelation.data.relations import describe_yaml_error
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
+from dreamrelation.evaluation.config import EvalConfig
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
-from dreamrelation.model.config_eval import EvalConfig
+from dreamrelation.stages.latents import LatentConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_RELATIONS = ["A058", "A055", "A112"]

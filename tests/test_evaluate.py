@@ -13,10 +13,25 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dreamrelation.model import evaluate as ev
+from dreamrelation.data.prompts import load_eval_prompts
+from dreamrelation.evaluation.config import EvalConfig, EvalMethod, EvaluationError, tiny_eval_model_paths
+from dreamrelation.evaluation.generate import eval_prompts, plan_videos, resolve_lora
+from dreamrelation.evaluation.report import (
+    REPORT_FILE,
+    RESULTS_FILE,
+    combine_results,
+    combined_markdown,
+    combined_report,
+    format_table,
+    relation_report,
+)
+from dreamrelation.evaluation.score import not_computed
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
-from dreamrelation.model.config_eval import EvalConfig, EvalMethod, VLMConfig, tiny_eval_model_paths
 from dreamrelation.model.sample import LoraFileError
+from dreamrelation.model.train import LORA_FILE
+from dreamrelation.perception.config import VLMConfig
+from dreamrelation.perception.vlm import summarize_answers
+from dreamrelation.stages.evaluate import evaluate_relation
 
 # --------------------------------------------------------------------------------------------
 # Report formatting
@@ -41,9 +56,9 @@ def test_format_table_matches_hand_written_markdown() -> None:
             "relation_accuracy": _entry(0.4452, 0.0),
             "clip_t": _entry(0.3248),
             "temporal_consistency": _entry(0.99544),
-            "fvd": ev.not_computed("fvd.reference_videos_dir is not set"),
+            "fvd": not_computed("fvd.reference_videos_dir is not set"),
         },
-        {"method": "A | B", "relation_accuracy": ev.not_computed("vlm is not set"), "clip_t": None,
+        {"method": "A | B", "relation_accuracy": not_computed("vlm is not set"), "clip_t": None,
          "temporal_consistency": _entry(float("nan")), "fvd": _entry(12.0)},
     ]
     expected = (
@@ -53,12 +68,12 @@ def test_format_table_matches_hand_written_markdown() -> None:
         "| DreamRelation | 0.4452 ± 0.0000 | 0.3248 | 0.9954 | n/a |\n"
         "| A \\| B | n/a | n/a | n/a | 12.00 |\n"
     )
-    assert ev.format_table(rows) == expected
+    assert format_table(rows) == expected
 
 
 def _method(name, answers, clip_t, fvd=None, relation="A058"):
     """A results.json method entry with raw VLM answers [repeat][video] and per-video CLIP-T."""
-    accuracy = ev.summarize_answers(answers, "count_as_no").to_dict()
+    accuracy = summarize_answers(answers, "count_as_no").to_dict()
     videos = [{"prompt_index": i, "prompt": f"p{i}", "seed": 0, "file": f"videos/x/p{i:02d}-seed0.mp4",
                "clip_t": value, "temporal_consistency": 1.0} for i, value in enumerate(clip_t)]
     return {
@@ -70,7 +85,7 @@ def _method(name, answers, clip_t, fvd=None, relation="A058"):
         "videos": videos,
         "clip_t": _entry(float(np.mean(clip_t)), float(np.std(clip_t))),
         "temporal_consistency": _entry(1.0, 0.0),
-        "fvd": _entry(fvd) if fvd is not None else ev.not_computed("fvd.i3d_path is not set"),
+        "fvd": _entry(fvd) if fvd is not None else not_computed("fvd.i3d_path is not set"),
         "relation_accuracy": {**_entry(accuracy["mean"], accuracy["std"]),
                               **{k: v for k, v in accuracy.items() if k not in ("mean", "std")}},
     }
@@ -92,7 +107,7 @@ def _results(relation, name, methods):
 
 def test_relation_report_lists_reasons_and_unparseable_answers() -> None:
     results = _results("A058", "handshaking", [_method("DreamRelation", [["yes", "no"], ["yes", "maybe"]], [0.3, 0.5])])
-    report = ev.relation_report(results)
+    report = relation_report(results)
     assert report.startswith("# Evaluation: A058 (handshaking)\n")
     assert "| DreamRelation | 0.5000 ± 0.0000 | 0.4000 | 1.0000 | n/a |" in report
     assert "Unparseable VLM answers (counted as no): DreamRelation 1/4." in report
@@ -107,7 +122,7 @@ def test_combined_results_pool_answers_and_videos_over_relations() -> None:
     a055 = _results("A055", "hugging other person", [
         _method("DreamRelation", [["no", "no"], ["yes", "no"]], [0.6, 0.8], fvd=200.0),
     ])
-    combined = ev.combine_results([a058, a055])
+    combined = combine_results([a058, a055])
     dream, mochi = combined["average"]
     assert dream["name"] == "DreamRelation" and dream["relations"] == ["A058", "A055"]
     # Per repeat over the 4 videos: repeat 0 -> 2/4, repeat 1 -> 2/4.
@@ -117,7 +132,7 @@ def test_combined_results_pool_answers_and_videos_over_relations() -> None:
     assert dream["fvd"]["value"] == pytest.approx(150.0)  # no feature files: mean of per-relation FVDs
     assert mochi["relations"] == ["A058"] and mochi["relation_accuracy"]["value"] == 0.0
 
-    markdown = ev.combined_markdown(combined)
+    markdown = combined_markdown(combined)
     assert "Relations: A058 (handshaking), A055 (hugging other person)." in markdown
     assert (
         "## Average over 2 relation(s)\n\n"
@@ -128,8 +143,8 @@ def test_combined_results_pool_answers_and_videos_over_relations() -> None:
     ) in markdown
     assert "- Mochi: evaluated on A058 only." in markdown
     assert "## Evaluation: A055 (hugging other person)" in markdown
-    with pytest.raises(ev.EvaluationError, match="relations repeat"):
-        ev.combine_results([a058, a058])
+    with pytest.raises(EvaluationError, match="relations repeat"):
+        combine_results([a058, a058])
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,22 +165,22 @@ def test_eval_config_methods_and_demo_preset(tmp_path) -> None:
     paths = tiny_eval_model_paths(tmp_path)
     assert demo.clip.model_dir == str(paths["clip"]) and demo.vlm is not None and demo.build_tiny_models
     assert demo.prompts_per_relation == 2 and demo.sample == SampleConfig.demo()
-    assert ev.eval_prompts("A058", demo) == ev.load_eval_prompts()["A058"][:2]
-    with pytest.raises(ev.EvaluationError, match="no evaluation prompts for relation X001"):
-        ev.eval_prompts("X001", demo)
+    assert eval_prompts("A058", demo) == load_eval_prompts()["A058"][:2]
+    with pytest.raises(EvaluationError, match="no evaluation prompts for relation X001"):
+        eval_prompts("X001", demo)
 
     run = tmp_path / "runs" / "A058"
     run.mkdir(parents=True)
-    (run / ev.LORA_FILE).write_bytes(b"")
+    (run / LORA_FILE).write_bytes(b"")
     direct = EvalMethod(name="Direct LoRA", source="lora_file", lora_path=str(tmp_path / "runs" / "{relation}"))
-    with pytest.raises(LoraFileError, match=f"LoRA file {run / ev.LORA_FILE} is not a safetensors file"):
-        ev.resolve_lora(direct, "A058", None)  # refused before any video is generated
-    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4)}, run / ev.LORA_FILE)
-    assert ev.resolve_lora(direct, "A058", None) == run / ev.LORA_FILE
-    with pytest.raises(ev.EvaluationError, match="does not exist"):
-        ev.resolve_lora(direct, "A055", None)
-    assert ev.resolve_lora(EvalMethod(name="Mochi", source="base"), "A058", None) is None
-    jobs = ev.plan_videos(demo.methods, ["a", "b"], [0, 7])
+    with pytest.raises(LoraFileError, match=f"LoRA file {run / LORA_FILE} is not a safetensors file"):
+        resolve_lora(direct, "A058", None)  # refused before any video is generated
+    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4)}, run / LORA_FILE)
+    assert resolve_lora(direct, "A058", None) == run / LORA_FILE
+    with pytest.raises(EvaluationError, match="does not exist"):
+        resolve_lora(direct, "A055", None)
+    assert resolve_lora(EvalMethod(name="Mochi", source="base"), "A058", None) is None
+    jobs = plan_videos(demo.methods, ["a", "b"], [0, 7])
     assert [j.file for j in jobs["mochi-base"]] == [
         "videos/mochi-base/p00-seed0.mp4", "videos/mochi-base/p00-seed7.mp4",
         "videos/mochi-base/p01-seed0.mp4", "videos/mochi-base/p01-seed7.mp4",
@@ -225,9 +240,9 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
         evaluate_flow(relation="A058", config=config)
 
     # A finished train_relation run holding only the inference LoRA.
-    lora_file = _random_lora(resolve_model_dir(base), tmp_path / ev.LORA_FILE)
+    lora_file = _random_lora(resolve_model_dir(base), tmp_path / LORA_FILE)
     with store.write_in_place(plan["train_relation"].key, {"stage": "train_relation"}) as folder:
-        shutil.copy(lora_file, folder / ev.LORA_FILE)
+        shutil.copy(lora_file, folder / LORA_FILE)
 
     result = evaluate_flow(relation="A058", config=config)
     assert not result.skipped and result.summary["videos_generated"] == 4
@@ -242,7 +257,7 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
     assert lora_frames.shape == (13, 16, 32, 3)
     assert np.abs(lora_frames.astype(int) - base_frames).mean() > 0.5  # the LoRA changes the video
 
-    results = json.loads((out / ev.RESULTS_FILE).read_text())
+    results = json.loads((out / RESULTS_FILE).read_text())
     assert [m["name"] for m in results["methods"]] == ["DreamRelation", "Mochi (base)"]
     for method in results["methods"]:
         assert method["n_videos"] == 2 and len(method["videos"]) == 2
@@ -254,9 +269,9 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
         assert 0 <= accuracy["n_unparseable"] <= 4 and len(accuracy["answers"]) == 2
         if accuracy["computed"]:
             assert 0.0 <= accuracy["value"] <= 1.0 and accuracy["std"] >= 0.0
-        assert method["fvd"] == ev.not_computed("fvd.reference_videos_dir is not set (reference videos are needed)")
+        assert method["fvd"] == not_computed("fvd.reference_videos_dir is not set (reference videos are needed)")
 
-    report = (out / ev.REPORT_FILE).read_text()
+    report = (out / REPORT_FILE).read_text()
     assert "| Method | Relation Accuracy ↑ | CLIP-T ↑ | Temporal Consistency ↑ | FVD ↓ |" in report
     rows = [line for line in report.splitlines() if line.startswith("| DreamRelation |") or line.startswith("| Mochi (base) |")]
     assert len(rows) == 2 and all(row.endswith("| n/a |") for row in rows)
@@ -268,7 +283,7 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
     assert again.skipped and again.uri == result.uri
 
     combined_uri = evaluation_report_flow(relations=["A058", "A055"], config=config)
-    combined = (Path(combined_uri) / ev.REPORT_FILE).read_text()
+    combined = (Path(combined_uri) / REPORT_FILE).read_text()
     assert "## Average over 1 relation(s)" in combined and "## Evaluation: A058 (handshaking)" in combined
 
     # Resume in a copy of the folder, as after an interruption: one video is missing, the rest is
@@ -285,10 +300,10 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
         "vlm": None,
         "fvd": evaluate.fvd.model_copy(update={"reference_videos_dir": str(reference), "num_frames": 10}),
     })
-    second = ev.evaluate_relation("A058", fvd_config, base, lora_file, resumed, relation_name="handshaking")
+    second = evaluate_relation("A058", fvd_config, base, lora_file, resumed, relation_name="handshaking")
     assert second["generation"] == {"generated": 1, "skipped": 3}
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
-    third = ev.evaluate_relation("A058", fvd_config, base, lora_file, resumed, relation_name="handshaking")
+    third = evaluate_relation("A058", fvd_config, base, lora_file, resumed, relation_name="handshaking")
     assert third["generation"] == {"generated": 0, "skipped": 4}
     for method in third["methods"]:
         assert method["fvd"]["computed"] and math.isfinite(method["fvd"]["value"]) and method["fvd"]["value"] >= 0
@@ -299,12 +314,12 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
     assert third["methods"][1]["fvd"]["value"] == pytest.approx(second["methods"][1]["fvd"]["value"])
 
     # Pooled FVD across "relations": the same folder under a second relation id.
-    other = json.loads((resumed / ev.RESULTS_FILE).read_text())
+    other = json.loads((resumed / RESULTS_FILE).read_text())
     other["relation"] = "A055"
     (tmp_path / "other").mkdir()
     shutil.copytree(resumed / "fvd", tmp_path / "other" / "fvd")
-    (tmp_path / "other" / ev.RESULTS_FILE).write_text(json.dumps(other))
-    pooled, _ = ev.combined_report([resumed, tmp_path / "other"])
+    (tmp_path / "other" / RESULTS_FILE).write_text(json.dumps(other))
+    pooled, _ = combined_report([resumed, tmp_path / "other"])
     assert pooled["average"][0]["fvd"]["how"].startswith("generated I3D features pooled")
     assert pooled["average"][0]["fvd"]["n_generated"] == 4
 

@@ -10,7 +10,13 @@ import pytest
 import torch
 import zarr
 
-from dreamrelation.data.latents import (
+from dreamrelation.data.manifest import ClipRecord, Manifest
+from dreamrelation.data.masks import MaskConfig
+from dreamrelation.data.store import ArtifactStore
+from dreamrelation.data.video import VideoConfig, load_clip, probe_video
+from dreamrelation.model.config import BaseModelConfig
+from dreamrelation.model.mochi import encode_text, encode_video, load_text_encoder, load_vae, resolve_model_dir
+from dreamrelation.stages.latents import (
     LATENTS_STORE,
     TEXT_STORE,
     LatentConfig,
@@ -18,13 +24,8 @@ from dreamrelation.data.latents import (
     use_vae_tiling,
     video_tensor,
 )
-from dreamrelation.data.manifest import ClipRecord, Manifest
-from dreamrelation.data.masks import MaskConfig, make_masks
-from dreamrelation.data.store import ArtifactStore
-from dreamrelation.data.training_data import TooFewClipsError, load_training_clips
-from dreamrelation.data.video import VideoConfig, load_clip, probe_video
-from dreamrelation.model.config import BaseModelConfig
-from dreamrelation.model.mochi import encode_text, encode_video, load_text_encoder, load_vae, resolve_model_dir
+from dreamrelation.stages.masks import make_masks
+from dreamrelation.stages.training import TooFewClipsError, load_training_clips
 
 VIDEO = VideoConfig(num_frames=7, height=48, width=80, fps=30.0, aspect=80 / 48)
 CAPTION = "A person is shaking hands with a person."

@@ -17,7 +17,6 @@ from dreamrelation.data.masks import (
     latent_grid,
     latent_masks,
     latent_shape,
-    make_masks,
     mask_iou,
     order_subjects,
     pack_masks,
@@ -34,6 +33,7 @@ from dreamrelation.data.masks import (
     unpack_masks,
 )
 from dreamrelation.data.video import VideoConfig, preprocess_frames, probe_video
+from dreamrelation.stages.masks import make_masks
 
 DEMO = VideoConfig(num_frames=25, height=96, width=160, fps=30.0, aspect=160 / 96)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dreamrelation.model import metrics
-from dreamrelation.model.config_eval import FVDConfig
+from dreamrelation.perception import metrics
+from dreamrelation.perception.config import FVDConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 import zarr
 
 from dreamrelation.data.manifest import ClipRecord, Manifest
-from dreamrelation.data.masks import MASKS_STORE, MaskConfig, NotEnoughSubjects, make_masks
+from dreamrelation.data.masks import MASKS_STORE, MaskConfig, NotEnoughSubjects
 from dreamrelation.data.video import VideoConfig, probe_video
-from dreamrelation.model import segment
+from dreamrelation.perception import segment
+from dreamrelation.stages.masks import make_masks
 
 RELATION = "A112"
 VIDEO = VideoConfig(num_frames=7, height=48, width=80, fps=30.0, aspect=80 / 48)

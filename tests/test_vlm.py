@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from dreamrelation.model import vlm
-from dreamrelation.model.config_eval import VLMConfig
+from dreamrelation.perception import vlm
+from dreamrelation.perception.config import VLMConfig
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+import zarr
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
@@ -214,8 +215,6 @@ class ArtifactStore:
 
 def zarr_location(location: str) -> Any:
     """What `zarr.open_group` accepts for a path or URL: the path itself, or an FsspecStore."""
-    import zarr
-
     if "://" in location and not location.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(location, read_only=False)
     return location.removeprefix("file://")

@@ -20,6 +20,9 @@ pixels. `body_ids` follow the order of the bodies in every skeleton frame.
 The world model is deliberately simple: each figure stands in a vertical plane at a fixed
 depth facing the camera, limbs move in that plane (a 2-D "front view" puppet) and a pinhole
 camera projects it. Arms and legs reach targets through two-link inverse kinematics.
+
+One module (~800 lines) because it is one generator: the poses, the per-relation motions, the
+drawing and the files share the scene model and change together.
 """
 
 from __future__ import annotations

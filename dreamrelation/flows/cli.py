@@ -1,4 +1,8 @@
-"""The `dreamrelation` command: thin front-end over the flows."""
+"""The `dreamrelation` command: thin front-end over the flows.
+
+The flows (Prefect, torch, diffusers) are imported inside the commands that run them
+(`# deferred: fast --help`), so `dreamrelation --help` and input errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from dreamrelation.config import DEMO_RELATIONS, PipelineConfig, load_config  # noqa: E402
+from dreamrelation.data.relations import get_relation, load_relation_table  # noqa: E402
+from dreamrelation.data.store import ArtifactStore, fetch_local  # noqa: E402
 from dreamrelation.flows.server_guard import guard_children  # noqa: E402
-from dreamrelation.plan import STAGES  # noqa: E402
+from dreamrelation.plan import STAGES, plan_relation  # noqa: E402
 
 app = typer.Typer(
     help="DreamRelation pipeline: teach Mochi-1 a two-person relation from NTU RGB+D clips.",
@@ -36,8 +42,6 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild artifacts even 
 
 def _config(config: str | None, overrides: list[str] | None, relations: list[str] | None = None) -> PipelineConfig:
     """Load and validate the config (and relation ids) before any flow or server starts."""
-    from dreamrelation.data.relations import get_relation, load_relation_table
-
     try:
         cfg = load_config(config, overrides) if (config or overrides) else PipelineConfig()
         table = load_relation_table(cfg.relations_file)
@@ -73,7 +77,7 @@ class _NoTracebackForInputErrors(logging.Filter):
 
 
 def _quiet_console_tracebacks() -> None:
-    from prefect.logging.configuration import setup_logging
+    from prefect.logging.configuration import setup_logging  # deferred: fast --help
 
     setup_logging()
     for handler in logging.getLogger().handlers:
@@ -86,7 +90,7 @@ def _guard(fn, *args, **kwargs):
     Without PREFECT_API_URL the flow runs against a temporary Prefect server, a child process
     that must not outlive the CLI, even a killed one: `guard_children` ends it then.
     """
-    from prefect.settings import PREFECT_API_URL  # deferred like every prefect import here: fast --help
+    from prefect.settings import PREFECT_API_URL  # deferred: fast --help
 
     _quiet_console_tracebacks()
     if not PREFECT_API_URL.value():
@@ -106,7 +110,7 @@ def demo(
     force: ForceOpt = False,
 ) -> None:
     """Run the whole DAG on the synthetic NTU-format dataset with tiny models (CPU, offline)."""
-    from dreamrelation.flows.pipeline import demo_flow
+    from dreamrelation.flows.pipeline import demo_flow  # deferred: fast --help
 
     chosen = [r.strip() for r in relations.split(",") if r.strip()]
     cfg = _config(config, set_, chosen)
@@ -126,7 +130,7 @@ def run(
     force: ForceOpt = False,
 ) -> None:
     """Run the pipeline (or one stage) for one relation."""
-    from dreamrelation.flows.pipeline import STAGE_FLOWS, relation_pipeline
+    from dreamrelation.flows.pipeline import STAGE_FLOWS, relation_pipeline  # deferred: fast --help
 
     cfg = _config(config, set_, [relation])
     if stage is None:
@@ -142,7 +146,7 @@ def run(
 @app.command()
 def select(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Select the training clips of one relation and write the manifest."""
-    from dreamrelation.flows.select_clips import select_clips_flow
+    from dreamrelation.flows.select_clips import select_clips_flow  # deferred: fast --help
 
     _report([_guard(select_clips_flow, relation=relation, config=_config(config, set_, [relation]), force=force)])
 
@@ -150,7 +154,7 @@ def select(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOp
 @app.command()
 def captions(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Caption the selected clips of one relation and write the sidecar folder."""
-    from dreamrelation.flows.write_captions import write_captions_flow
+    from dreamrelation.flows.write_captions import write_captions_flow  # deferred: fast --help
 
     _report([_guard(write_captions_flow, relation=relation, config=_config(config, set_, [relation]), force=force)])
 
@@ -158,7 +162,7 @@ def captions(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: Set
 @app.command()
 def evaluate(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Generate evaluation videos and score them (needs the relation's finished training run)."""
-    from dreamrelation.flows.evaluate import evaluate_flow
+    from dreamrelation.flows.evaluate import evaluate_flow  # deferred: fast --help
 
     result = _guard(evaluate_flow, relation=relation, config=_config(config, set_, [relation]), force=force)
     _report([result])
@@ -172,7 +176,7 @@ def report(
     set_: SetOpt = None,
 ) -> None:
     """Combine finished evaluations into one Table 1 report (per relation and averaged)."""
-    from dreamrelation.flows.evaluate import evaluation_report_flow
+    from dreamrelation.flows.evaluate import evaluation_report_flow  # deferred: fast --help
 
     chosen = [r.strip() for r in relations.split(",") if r.strip()]
     uri = _guard(evaluation_report_flow, relations=chosen, config=_config(config, set_, chosen))
@@ -189,7 +193,7 @@ def analyze_qkv(
     set_: SetOpt = None,
 ) -> None:
     """Subspace similarity of every block's Q, K and V weights (METHOD.md §7): JSON + heatmap."""
-    from dreamrelation.flows.analysis import qkv_analysis, summary_markdown
+    from dreamrelation.flows.analysis import qkv_analysis, summary_markdown  # deferred: fast --help
 
     cfg = _config(config, set_)
     summary = _guard(qkv_analysis, model_dir=model_dir, rank=rank, out_dir=out_dir, device=device, model=cfg.model)
@@ -208,10 +212,8 @@ def sample(
     set_: SetOpt = None,
 ) -> None:
     """Generate one video with the base model + relation LoRA through MochiPipeline (settings: train.sample.*)."""
-    from dreamrelation.data.store import ArtifactStore, fetch_local
-    from dreamrelation.model.sample import sample_video
-    from dreamrelation.model.train import LORA_FILE
-    from dreamrelation.plan import plan_relation
+    from dreamrelation.model.sample import sample_video  # deferred: fast --help
+    from dreamrelation.model.train import LORA_FILE  # deferred: fast --help
 
     cfg = _config(config, set_, [relation] if relation else None)
     if base_only:
@@ -244,7 +246,7 @@ def serve(
     Start runs from the UI, or: prefect deployment run select-clips/select-clips --param relation=A058
     Ctrl-C stops serving.
     """
-    from dreamrelation.flows.serve import serve_all
+    from dreamrelation.flows.serve import serve_all  # deferred: fast --help
 
     _guard(serve_all, limit=limit, names=deployment)
 
@@ -264,7 +266,7 @@ def fan_out(
     Needs the deployments (`prefect deploy --all` or `dreamrelation serve`) and running workers.
     With workers on several machines, use an object-store root: -s root=s3://bucket/prefix
     """
-    from dreamrelation.flows.fanout import ALL_RELATIONS, FanOutError, fan_out_flow
+    from dreamrelation.flows.fanout import ALL_RELATIONS, FanOutError, fan_out_flow  # deferred: fast --help
 
     chosen = ALL_RELATIONS if relations.strip().lower() == "all" else [r.strip() for r in relations.split(",") if r.strip()]
     try:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from safetensors import safe_open
 
 STREAMS: dict[str, tuple[str, str, str]] = {
     "vision": ("to_q", "to_k", "to_v"),
@@ -95,8 +96,6 @@ def _transformer_folder(folder: Path) -> Path:
 
 def _folder_weights(folder: Path) -> tuple[int, WeightGetter]:
     """Block count and a lazy name -> weight lookup over the safetensors files of a folder."""
-    from safetensors import safe_open
-
     folder = _transformer_folder(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:

@@ -1,4 +1,4 @@
-"""Configuration of the model layer: base model, LoRA triplet, training and sampling.
+"""Configuration of the model layer: base model, LoRA triplet, training, sampling and Q/K/V analysis.
 
 Every field carries a description because these models double as the parameter forms of the
 Prefect deployments. Defaults are the paper's settings (METHOD.md §2-§5); each class has a
@@ -209,3 +209,14 @@ class TrainConfig(StrictConfig):
             sample=SampleConfig.demo(),
             lora=LoraTripletConfig.demo(),
         )
+
+
+class AnalysisConfig(StrictConfig):
+    """Q/K/V subspace similarity (METHOD.md §7)."""
+
+    transformer_dir: str | None = Field(
+        default=None,
+        description="Folder of a MochiTransformer3DModel (or of a pipeline with a transformer/ subfolder).",
+    )
+    rank: int = Field(default=16, ge=1, description="r: number of top left singular vectors compared.")
+    device: str = Field(default="cpu", description="Torch device for the SVDs.")

@@ -231,7 +231,7 @@ def resolve_model_dir(cfg: BaseModelConfig) -> Path:
         return folder
     folder = Path(cfg.model_dir) if cfg.model_dir else Path(cfg.models_cache) / "mochi-1-preview"
     if missing_components(folder) and cfg.allow_download:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # deferred: only when a download is allowed
 
         log.info("downloading %s to %s (allow_download is set)", MOCHI_REPO, folder)
         snapshot_download(MOCHI_REPO, local_dir=folder)

@@ -58,6 +58,7 @@ from dreamrelation.model.mochi import (
     resolve_dtype,
     resolve_model_dir,
 )
+from dreamrelation.model.sample import TrainingSampler
 
 log = logging.getLogger("dreamrelation.train")
 
@@ -418,8 +419,6 @@ def train(
 
     last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     if sampler is None and cfg.sample_every > 0 and state.step < last_step:
-        from dreamrelation.model.sample import TrainingSampler
-
         sampler = TrainingSampler(model_dir, cfg.sample, cfg.sample_prompt, run_dir / "samples", device, dtype)
 
     record = _last_record(metrics_path)

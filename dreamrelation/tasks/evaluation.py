@@ -14,17 +14,17 @@ from dreamrelation.config import PipelineConfig
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.relations import get_relation, load_relation_table
 from dreamrelation.data.store import ArtifactStore, fetch_local, fingerprint
-from dreamrelation.model.evaluate import (
-    LORA_FILE,
+from dreamrelation.evaluation.report import (
     REPORT_FILE,
     RESULTS_FILE,
-    evaluate_relation,
     headline,
     json_safe,
     metric_table_records,
     write_combined_report,
 )
+from dreamrelation.model.train import LORA_FILE
 from dreamrelation.plan import plan_relation
+from dreamrelation.stages.evaluate import evaluate_relation
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import Progress, artifact_key
 

@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
 from dreamrelation.data.captions import MANIFEST_NAME
-from dreamrelation.data.latents import encode_latents
 from dreamrelation.data.manifest import read_manifest
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import plan_relation
+from dreamrelation.stages.latents import encode_latents
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import Progress, artifact_key
 

@@ -10,9 +10,10 @@ from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
 from dreamrelation.data.manifest import read_manifest
-from dreamrelation.data.masks import make_masks, read_mask_status
+from dreamrelation.data.masks import read_mask_status
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import plan_relation
+from dreamrelation.stages.masks import make_masks
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import Progress, artifact_key, store_link
 

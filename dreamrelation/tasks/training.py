@@ -10,9 +10,9 @@ from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
 from dreamrelation.data.store import ArtifactStore
-from dreamrelation.data.training_data import load_training_clips
 from dreamrelation.model.train import train
 from dreamrelation.plan import plan_relation
+from dreamrelation.stages.training import load_training_clips
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import Progress, artifact_key
 

@@ -15,6 +15,9 @@ Two backends share one `ask(frames, question, seed) -> str` interface:
   `AutoProcessor`, e.g. Qwen2-VL or LLaVA) loaded from a folder. The demo profile uses
   `build_tiny_vlm`, a tiny random LLaVA with an offline word-level tokenizer: its answers are
   meaningless, its plumbing is the real one.
+
+One module (~500 lines): answer parsing, both backends, the repeated asking and the accuracy
+summary are the one relation-accuracy judge.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamrelation.model.config_eval import DEFAULT_QUESTION_TEMPLATE, VLMConfig
+from dreamrelation.perception.config import DEFAULT_QUESTION_TEMPLATE, VLMConfig
 
 UnparseablePolicy = Literal["count_as_no", "exclude"]
 
@@ -258,7 +261,7 @@ class TransformersVLMBackend:
         dtype: str = "float32",
     ) -> TransformersVLMBackend:
         """Load `AutoModelForImageTextToText` + `AutoProcessor` from a local folder (never downloads)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor  # deferred: heavy, local VLM only
 
         folder = Path(model_dir)
         if not (folder / "config.json").is_file():
@@ -437,8 +440,8 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> 
     The tokenizer is a word-level `tokenizers` model built offline from the words of the
     default question plus yes/no; reload with `TransformersVLMBackend.from_folder`.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import (
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers  # deferred: demo only
+    from transformers import (  # deferred: heavy, demo only
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -446,7 +449,7 @@ def build_tiny_vlm(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> 
         LlavaProcessor,
         PreTrainedTokenizerFast,
     )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # deferred: demo only
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

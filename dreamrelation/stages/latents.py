@@ -13,8 +13,8 @@ Output under `location` (layouts in docs/artifacts.md):
 A clip that cannot be read or encoded is recorded as failed with the reason (its rows stay
 NaN / False) and the stage goes on with the rest.
 
-Heavy imports (torch, diffusers) happen inside the functions: `LatentConfig` is part of the
-pipeline config, which must stay cheap to import.
+Heavy imports (torch, diffusers via `model.mochi`) are deferred into the functions that load the
+models: `LatentConfig` is part of the pipeline config, which must stay cheap to import.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from dreamrelation.data.manifest import ClipRecord, Manifest
 from dreamrelation.data.masks import latent_shape
 from dreamrelation.data.store import fetch_local, zarr_location
 from dreamrelation.data.video import VideoConfig, load_clip
+from dreamrelation.model.config import BaseModelConfig
 
 if TYPE_CHECKING:
     import torch
-
-    from dreamrelation.model.config import BaseModelConfig
 
 log = logging.getLogger("dreamrelation.latents")
 
@@ -79,7 +78,7 @@ def use_vae_tiling(config: LatentConfig, video: VideoConfig) -> bool:
 
 def video_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (F, H, W, 3) -> float (3, F, H, W) in [-1, 1], the VAE's input range."""
-    import torch
+    import torch  # deferred: heavy, see the module docstring
 
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
     return video.float() / 127.5 - 1.0
@@ -95,9 +94,14 @@ def encode_captions(
     fingerprint: str, failures: dict[str, str],
 ) -> None:
     """T5 features of every caption (clips not in `failures`) and of "" into `<location>/text.zarr`."""
-    import torch
+    import torch  # deferred: heavy, see the module docstring
 
-    from dreamrelation.model.mochi import encode_text, load_text_encoder, resolve_device, resolve_dtype
+    from dreamrelation.model.mochi import (  # deferred: heavy
+        encode_text,
+        load_text_encoder,
+        resolve_device,
+        resolve_dtype,
+    )
 
     device = resolve_device(model)
     tokenizer, encoder = load_text_encoder(model_dir, resolve_dtype(model, device), device)
@@ -138,9 +142,15 @@ def encode_videos(
     config: LatentConfig, failures: dict[str, str], progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """VAE posterior mean/logvar of every clip into `<location>/latents.zarr`; returns the VAE norm."""
-    import torch
+    import torch  # deferred: heavy, see the module docstring
 
-    from dreamrelation.model.mochi import LatentNorm, encode_video, load_vae, resolve_device, resolve_dtype
+    from dreamrelation.model.mochi import (  # deferred: heavy
+        LatentNorm,
+        encode_video,
+        load_vae,
+        resolve_device,
+        resolve_dtype,
+    )
 
     device = resolve_device(model)
     vae = load_vae(model_dir, resolve_dtype(model, device), device)
@@ -220,7 +230,7 @@ def encode_latents(
     `progress(done)` is called as clips go through the VAE. Returns the summary: clip count,
     encoded/failed counts and the failure reasons.
     """
-    from dreamrelation.model.mochi import resolve_model_dir
+    from dreamrelation.model.mochi import resolve_model_dir  # deferred: heavy (diffusers), see the module docstring
 
     model_dir = str(resolve_model_dir(model))
     failures = {c.clip_id: "no caption: run write_captions first" for c in manifest.clips if not c.caption}

@@ -1,4 +1,4 @@
-"""Read the encode_latents and make_masks artifacts into the training loop's inputs (METHOD.md §1, §3).
+"""The train_relation stage's inputs: the encode_latents and make_masks artifacts as TrainClips (METHOD.md §1, §3).
 
 A clip trains only when both stages succeeded for it: clips that failed encoding, or whose
 masks were skipped (fewer than two subjects) or failed, are left out with a log line naming
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import zarr
 
-from dreamrelation.data.latents import LATENTS_STORE, TEXT_STORE
 from dreamrelation.data.masks import MASKS_STORE
 from dreamrelation.data.store import zarr_location
 from dreamrelation.model.mochi import LatentNorm
 from dreamrelation.model.train import TrainClip
+from dreamrelation.stages.latents import LATENTS_STORE, TEXT_STORE
 
 log = logging.getLogger("dreamrelation.training_data")
 

@@ -105,7 +105,7 @@ def _as_embedding(out: Any) -> torch.Tensor:
 
 def load_clip(model_dir: str | Path, device: str = "cpu", batch_size: int = 32) -> ClipEmbedder:
     """Load a `CLIPModel` and its processor from a local folder (never downloads)."""
-    from transformers import AutoProcessor, CLIPModel
+    from transformers import AutoProcessor, CLIPModel  # deferred: heavy, only where CLIP is used
 
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
@@ -359,9 +359,9 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) ->
     suffix) plus the start/end tokens and no merges, so any text tokenizes. Reload with
     `load_clip`.
     """
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer  # deferred: heavy, demo only
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # deferred: heavy, demo only
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # deferred: heavy, demo only
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,158 @@
+"""Configuration of the `evaluate` stage (METHOD.md §6): methods, prompts, seeds, metric models.
+
+`EvalConfig` holds what is generated (methods x prompts x seeds, sampled with `SampleConfig`)
+and how it is scored (the metric-model configs of `perception.config`). Nothing is downloaded;
+the demo preset points at tiny metric models built on first use under the models cache.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dreamrelation.configbase import StrictConfig
+from dreamrelation.model.config import SampleConfig
+from dreamrelation.perception.config import ClipMetricConfig, FVDConfig, VLMConfig
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run as configured (missing prompts, LoRA, model folder...)."""
+
+
+#: Bump when the tiny metric-model builders change, so an old cached tiny model is not reused.
+TINY_EVAL_VERSION = 1
+
+MethodSource = Literal["relation_lora", "base", "lora_file"]
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def method_slug(name: str) -> str:
+    """A folder-safe id of a method name: 'Direct LoRA' -> 'direct-lora'."""
+    return _SLUG.sub("-", name.lower()).strip("-")
+
+
+class EvalMethod(StrictConfig):
+    """One row of the results table (paper Table 1): which weights generate the videos."""
+
+    name: str = Field(description="Row label in the report, e.g. 'DreamRelation', 'Mochi (base)', 'Direct LoRA'.")
+    source: MethodSource = Field(
+        default="relation_lora",
+        description="'relation_lora': the inference LoRA this pipeline trained for the relation; "
+        "'base': the base model without any LoRA; 'lora_file': another inference LoRA given by lora_path "
+        "(direct-LoRA baseline, ablation runs).",
+    )
+    lora_path: str | None = Field(
+        default=None,
+        description="For 'lora_file': an inference LoRA (.safetensors) or a training run folder holding "
+        "relation_lora.safetensors; '{relation}' is replaced by the relation id.",
+    )
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> EvalMethod:
+        if not method_slug(self.name):
+            raise ValueError(f"method name {self.name!r} needs at least one letter or digit")
+        if self.source == "lora_file" and not self.lora_path:
+            raise ValueError(f"method {self.name!r}: source 'lora_file' needs lora_path")
+        if self.source != "lora_file" and self.lora_path:
+            raise ValueError(f"method {self.name!r}: lora_path is only used with source 'lora_file'")
+        return self
+
+    @property
+    def slug(self) -> str:
+        return method_slug(self.name)
+
+
+def default_methods() -> list[EvalMethod]:
+    """DreamRelation (this relation's LoRA) and the base model, as in the paper's Table 1."""
+    return [EvalMethod(name="DreamRelation", source="relation_lora"), EvalMethod(name="Mochi (base)", source="base")]
+
+
+def tiny_eval_model_paths(models_cache: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Where the demo's tiny CLIP, TorchScript I3D stand-in and VLM live under `models_cache`."""
+    folder = Path(models_cache)
+    tag = f"v{TINY_EVAL_VERSION}-seed{seed}"
+    return {
+        "clip": folder / f"tiny-clip-{tag}",
+        "i3d": folder / f"tiny-i3d-{tag}.pt",
+        "vlm": folder / f"tiny-vlm-{tag}",
+    }
+
+
+class EvalConfig(StrictConfig):
+    """Settings of the `evaluate` stage (METHOD.md §6): what is generated and how it is scored."""
+
+    methods: list[EvalMethod] = Field(
+        default_factory=default_methods,
+        description="Methods to evaluate, one table row each (DreamRelation, base model, direct-LoRA "
+        "baseline, ablation runs).",
+    )
+    prompts_path: str | None = Field(
+        default=None,
+        description="Evaluation prompt file (YAML/JSON); None: the shipped 10 prompts per relation.",
+    )
+    prompts_per_relation: int | None = Field(
+        default=None, ge=1, description="Use only the first N prompts of each relation (None: all)."
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="Noise seeds: every prompt is generated once per seed, with the same seeds for every "
+        "method (paired comparison). Replaces sample.seed.",
+    )
+    sample: SampleConfig = Field(
+        default_factory=SampleConfig, description="Sampling settings of the evaluation videos (METHOD.md §5)."
+    )
+    clip: ClipMetricConfig = Field(default_factory=ClipMetricConfig, description="CLIP-T / temporal consistency.")
+    fvd: FVDConfig = Field(default_factory=FVDConfig, description="FVD (I3D).")
+    vlm: VLMConfig | None = Field(default=None, description="Relation accuracy; None skips it.")
+    build_tiny_models: bool = Field(
+        default=False,
+        description="Demo only: build tiny random metric models (CLIP, I3D stand-in, VLM) at the configured "
+        "paths when they are missing. Off: a missing model folder is an error.",
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: list[EvalMethod]) -> list[EvalMethod]:
+        if not value:
+            raise ValueError("at least one method to evaluate is needed")
+        slugs = [method.slug for method in value]
+        duplicates = sorted({slug for slug in slugs if slugs.count(slug) > 1})
+        if duplicates:
+            raise ValueError(f"method names must differ after slugging, repeated: {duplicates}")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat: {value}")
+        return value
+
+    @classmethod
+    def demo(
+        cls, models_cache: str | Path = ".dreamrelation/models", seed: int = 0, reference_videos_dir: str | None = None
+    ) -> EvalConfig:
+        """Tiny CPU preset: 2 prompts, tiny sampling, tiny random CLIP / I3D / VLM built on first use.
+
+        Without `reference_videos_dir` FVD is reported as not computed (the pipeline's demo
+        default points it at the synthetic dataset's videos).
+        """
+        paths = tiny_eval_model_paths(models_cache, seed)
+        return cls(
+            prompts_per_relation=2,
+            sample=SampleConfig.demo(),
+            clip=ClipMetricConfig(model_dir=str(paths["clip"]), batch_size=32),
+            fvd=FVDConfig(i3d_path=str(paths["i3d"]), reference_videos_dir=reference_videos_dir),
+            vlm=VLMConfig(
+                backend="transformers",
+                model_dir=str(paths["vlm"]),
+                repeats=3,
+                num_frames=4,
+                max_new_tokens=4,
+            ),
+            build_tiny_models=True,
+        )
