@@ -23,8 +23,8 @@ from dreamrelation.data.relations import describe_yaml_error
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
-from dreamrelation.evaluation.config import EvalConfig
-from dreamrelation.model.config import BaseModelConfig, TrainConfig
+from dreamrelation.evaluation.config import EvalConfig, StudyConfig
+from dreamrelation.model.config import BaseModelConfig, PretrainConfig, TrainConfig
 from dreamrelation.stages.latents import LatentConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -124,11 +124,8 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load a preset name (`demo`, `mochi-1`) or YAML path, then apply `a.b=value` overrides (YAML values).
-
-    Overrides may also set `base=paper` when no file is given.
-    """
+def read_config_data(source: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    """The mapping a preset name / YAML file holds, with `a.b=value` overrides (YAML values) applied."""
     data: dict[str, Any] = {}
     if source is not None:
         path = Path(source)
@@ -152,6 +149,15 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         except yaml.YAMLError as exc:
             raise ConfigError(f"-s {item}: the value is not valid YAML: {describe_yaml_error(exc)}") from None
         _set_path(data, key.strip(), parsed)
+    return data
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a preset name (`demo`, `mochi-1`) or YAML path, then apply `a.b=value` overrides (YAML values).
+
+    Overrides may also set `base=paper` when no file is given.
+    """
+    data = read_config_data(source, overrides)
     base_name = data.pop("base", "demo")
     if base_name not in BASES:
         raise ConfigError(f"config {source}: base must be one of {', '.join(BASES)}, got {base_name!r}")
@@ -159,6 +165,38 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         return PipelineConfig.model_validate(_merge(BASES[base_name](), data))
     except ValidationError as exc:
         raise ConfigError(f"invalid config {source or '(defaults)'}: {describe_errors(exc)}") from None
+
+
+class ToyConfig(StrictConfig):
+    """The relational toy world's stages (issue 13): the toy base model and the study on it."""
+
+    root: str = Field(".dreamrelation/toy", description="Artifact root of the toy base and the study (folder or URL).")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="The toy base model and its gates.")
+    study: StudyConfig = Field(default_factory=StudyConfig, description="The method comparison on the toy base.")
+
+    @model_validator(mode="after")
+    def _targets_unseen(self) -> ToyConfig:
+        seen = [r for r in self.study.relations if r not in self.pretrain.held_out_relations]
+        if seen:
+            raise ValueError(
+                f"study.relations {seen} are not in pretrain.held_out_relations {self.pretrain.held_out_relations}: "
+                "the study's targets must be relations the base never saw"
+            )
+        return self
+
+    def quick(self) -> ToyConfig:
+        """`--quick`: one relation, one seed, 8 prompts (same training and sampling settings)."""
+        study = self.study.model_copy(update={"relations": self.study.relations[:1], "seeds": self.study.seeds[:1],
+                                              "prompts": min(self.study.prompts, 8)})
+        return self.model_copy(update={"study": study})
+
+
+def load_toy_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ToyConfig:
+    """`ToyConfig` from a YAML file (optional) and `a.b=value` overrides."""
+    try:
+        return ToyConfig.model_validate(read_config_data(source, overrides))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid toy config {source or '(defaults)'}: {describe_errors(exc)}") from None
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dreamrelation.config import PipelineConfig
+from dreamrelation.config import PipelineConfig, ToyConfig
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.store import fingerprint
 
@@ -23,7 +23,11 @@ CODE_VERSIONS = {
     "make_masks": "1",
     "train_relation": "1",
     "evaluate": "1",
+    "pretrain_base": "1",
+    "study": "1",
 }
+#: The "relation" the toy-world stages report under (events, artifact keys).
+TOY = "toy-world"
 
 
 @dataclass(frozen=True)
@@ -70,3 +74,13 @@ def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtif
         "evaluate", {"evaluate": config.evaluate, "model": config.model}, [fps["train_relation"]], "runs/eval-{fp}"
     )
     return plan
+
+
+def plan_toy(config: ToyConfig) -> dict[str, StageArtifact]:
+    """Keys of the toy base (`base/toy-<fp>`) and of the study on it (`studies/toy-<fp>`)."""
+    base_fp = fingerprint("pretrain_base", config.pretrain, [], CODE_VERSIONS["pretrain_base"])
+    study_fp = fingerprint("study", config.study, [base_fp], CODE_VERSIONS["study"])
+    return {
+        "pretrain_base": StageArtifact("pretrain_base", TOY, base_fp, f"base/toy-{base_fp}"),
+        "study": StageArtifact("study", TOY, study_fp, f"studies/toy-{study_fp}"),
+    }

@@ -9,7 +9,7 @@ import dreamrelation.flows.pipeline  # noqa: F401
 from dreamrelation.flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["demo", "run", "select", "captions", "evaluate", "report", "analyze-qkv", "serve", "fan-out", "sample"]
+COMMANDS = ["demo", "run", "select", "captions", "evaluate", "report", "analyze-qkv", "serve", "fan-out", "sample", "pretrain", "study"]
 
 
 def test_top_level_help_lists_every_command():

@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from dreamrelation.configbase import StrictConfig
-from dreamrelation.model.config import SampleConfig
+from dreamrelation.data.world import WorldConfig
+from dreamrelation.model.config import LoraTripletConfig, SampleConfig, TrainConfig, toy_sample_config
 from dreamrelation.perception.config import ClipMetricConfig, FVDConfig, VLMConfig
 
 
@@ -156,3 +157,40 @@ class EvalConfig(StrictConfig):
             ),
             build_tiny_models=True,
         )
+
+
+# --------------------------------------------------------------------------- the toy-world study (issue 13 §4)
+
+STUDY_METHODS = ("dreamrelation", "direct_lora", "base", "no_hmt", "no_rcl")
+STUDY_METRICS = ("relation_accuracy", "subject_fidelity", "appearance_leakage")
+
+
+def study_train_config() -> TrainConfig:
+    """The one training setting every method uses (fixed before comparing; tiny DiT, batch 1)."""
+    return TrainConfig(
+        steps=300, min_clips=4, lr=1e-3, warmup_steps=20, checkpoint_every=100, keep_last=1, sample_every=0,
+        gradient_checkpointing=False, lora=LoraTripletConfig(rank=8, alpha=8),
+    )
+
+
+class StudyConfig(StrictConfig):
+    """What the study compares and how (issue 13 §4)."""
+
+    relations: list[str] = Field(default=["push", "orbit"], description="Target relations (unseen by the base).")
+    methods: list[str] = Field(default=list(STUDY_METHODS), description=f"Methods to compare, from {', '.join(STUDY_METHODS)}.")
+    seeds: list[int] = Field(default=[0, 1, 2], description="Training (and sampling) seeds per method.")
+    exemplars: int = Field(default=20, ge=1, description="Exemplar clips of people per relation.")
+    prompts: int = Field(default=20, ge=1, description="Held-out prompts with non-person subjects per relation.")
+    train: TrainConfig = Field(default_factory=study_train_config, description="Training, the same for every method.")
+    sample: SampleConfig = Field(
+        default_factory=lambda: toy_sample_config(WorldConfig()), description="Sampling of the prompts."
+    )
+    strip_prompts: int = Field(default=2, ge=0, description="Prompts shown as frame strips per method.")
+    seed: int = Field(default=0, description="Seed of the exemplar and prompt draws.")
+
+    @model_validator(mode="after")
+    def _known(self) -> StudyConfig:
+        unknown = [m for m in self.methods if m not in STUDY_METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; methods are {', '.join(STUDY_METHODS)}")
+        return self

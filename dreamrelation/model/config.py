@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dreamrelation.configbase import StrictConfig  # base of the config models: unknown keys are errors
 from dreamrelation.data.video import FrameCount, FrameSide
+from dreamrelation.data.world import RELATIONS, WorldConfig
 
 
 class BaseModelConfig(StrictConfig):
@@ -220,3 +221,91 @@ class AnalysisConfig(StrictConfig):
     )
     rank: int = Field(default=16, ge=1, description="r: number of top left singular vectors compared.")
     device: str = Field(default="cpu", description="Torch device for the SVDs.")
+
+
+# --------------------------------------------------------------------------- the toy base (issue 13 §2)
+
+
+class VaePretrainConfig(StrictConfig):
+    """The VAE phase (issue 13 §2)."""
+
+    block_channels: list[int] = Field(
+        default=[32, 32, 32, 32], description="Encoder/decoder block widths (multiples of 32: the VAE's 32-group norms)."
+    )
+    steps: int = Field(default=1500, ge=0, description="Optimizer steps.")
+    full_frame_steps: int = Field(
+        default=200, ge=0, description="Of those, the last ones on whole frames (the others on random crops)."
+    )
+    batch_size: int = Field(default=4, ge=1, description="Clip windows per step.")
+    frames: FrameCount = Field(default=7, description="Frames per training window (6k+1).")
+    crop_height: int = Field(default=32, ge=16, description="Crop height of the cropped steps (multiple of 16).")
+    crop_width: int = Field(default=48, ge=16, description="Crop width of the cropped steps (multiple of 16).")
+    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate (cosine decay after 50 warmup steps).")
+    kl_weight: float = Field(default=1e-6, ge=0, description="Weight of the KL term (keeps the posterior tame).")
+    stats_clips: int = Field(default=48, ge=2, description="Held-out clips whose latents give latents_mean/std.")
+    checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints.")
+
+    @field_validator("block_channels")
+    @classmethod
+    def _groups(cls, value: list[int]) -> list[int]:
+        if len(value) != 4 or any(c <= 0 or c % 32 for c in value):
+            raise ValueError(f"block_channels needs 4 positive multiples of 32, got {value}")
+        return value
+
+
+class DitPretrainConfig(StrictConfig):
+    """The transformer phase (issue 13 §2; METHOD.md §1 objective)."""
+
+    num_layers: int = Field(default=4, ge=1, description="MM-DiT blocks.")
+    num_attention_heads: int = Field(default=4, ge=1, description="Attention heads.")
+    attention_head_dim: int = Field(default=32, ge=2, description="Width of one head (even).")
+    clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
+    steps: int = Field(default=2500, ge=0, description="Optimizer steps.")
+    batch_size: int = Field(default=16, ge=1, description="Clips per step.")
+    lr: float = Field(default=5e-4, gt=0, description="AdamW peak learning rate (warmup, then cosine).")
+    warmup_steps: int = Field(default=100, ge=0, description="Linear warmup steps.")
+    caption_dropout: float = Field(default=0.1, ge=0, le=1, description="Probability of the empty prompt (CFG).")
+    checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
+
+
+def toy_sample_config(world: WorldConfig, steps: int = 32, guidance: float = 4.0, seed: int = 0) -> SampleConfig:
+    """Sampling settings for world-sized videos (frames, size and fps of the world)."""
+    return SampleConfig(steps=steps, guidance=guidance, frames=world.frames, height=world.height,
+                        width=world.width, fps=world.fps, seed=seed)
+
+
+class GateConfig(StrictConfig):
+    """How the toy base is checked after training (issue 13 §2 gates); nothing here changes the model."""
+
+    reconstruction_clips: int = Field(default=60, ge=1, description="Held-out clips reconstructed by the VAE.")
+    prompts: int = Field(default=30, ge=1, description="Held-out prompts (seen relations, new subject pairs) generated.")
+    sample: SampleConfig = Field(
+        default_factory=lambda: toy_sample_config(WorldConfig()), description="Sampling settings of the generations."
+    )
+
+
+class PretrainConfig(StrictConfig):
+    """Everything that defines the toy base model; its fingerprint names the model folder."""
+
+    world: WorldConfig = Field(default_factory=WorldConfig, description="Clip format and pools of the world.")
+    held_out_relations: list[str] = Field(
+        default=["push", "orbit"],
+        description="Relations the base never sees (the study's targets): no clip, no caption verb.",
+    )
+    vae: VaePretrainConfig = Field(default_factory=VaePretrainConfig, description="VAE phase.")
+    dit: DitPretrainConfig = Field(default_factory=DitPretrainConfig, description="Transformer phase.")
+    gates: GateConfig = Field(default_factory=GateConfig, description="Checks measured after training.")
+    seed: int = Field(default=0, description="Seed of every random choice (weights, data, noise).")
+
+    @model_validator(mode="after")
+    def _relations(self) -> PretrainConfig:
+        unknown = [r for r in self.held_out_relations if r not in RELATIONS]
+        if unknown:
+            raise ValueError(f"held_out_relations: unknown {unknown}; relations are {', '.join(RELATIONS)}")
+        if not self.seen_relations:
+            raise ValueError("held_out_relations leaves no relation to pretrain on")
+        return self
+
+    @property
+    def seen_relations(self) -> list[str]:
+        return [r for r in self.world.relations if r not in self.held_out_relations]

@@ -19,7 +19,7 @@ import os
 import shutil
 import string
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,14 @@ class LatentNorm:
 # --------------------------------------------------------------------------- tiny models
 
 
-def tiny_tokenizer() -> T5Tokenizer:
-    """An offline T5 (unigram) tokenizer with a small fixed vocabulary (METHOD.md §1)."""
+def tiny_tokenizer(extra_words: Sequence[str] = ()) -> T5Tokenizer:
+    """An offline T5 (unigram) tokenizer with a small fixed vocabulary (METHOD.md §1).
+
+    `extra_words` become whole pieces too (the toy world's nouns, colours and verbs).
+    """
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -8.0)]
-    pieces += [("▁" + word, -5.0) for word in TINY_WORDS]
+    words = list(dict.fromkeys([*TINY_WORDS, *extra_words]))
+    pieces += [("▁" + word, -5.0) for word in words]
     chars = string.ascii_letters + string.digits + ".,;:!?'\"-()"
     pieces += [("▁" + c, -10.0) for c in chars] + [(c, -11.0) for c in chars]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=256)

@@ -1,0 +1,103 @@
+"""Toy-world evaluation: reconstruct or generate world videos and score them with the judge.
+
+Used by the toy base's gates (issue 13 §2) and by the study (issue 13 §4). Every score comes
+from `perception.judge` on the videos themselves: the relation it recognises, whether both
+subjects have the prompted kind and contrast (subject fidelity), and whether a subject looks
+like a stick-figure person the prompt did not ask for (appearance leakage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLMochi, MochiPipeline
+
+from dreamrelation.data.world import ClipSpec, WorldClip, WorldConfig, caption
+from dreamrelation.model.config import SampleConfig
+from dreamrelation.model.sample import generate
+from dreamrelation.perception.judge import Judgement, appearance_leakage, judge_video, subject_fidelity
+
+
+@dataclass(frozen=True)
+class JudgedVideo:
+    """One judged video: what was asked, what the judge saw."""
+
+    prompt: str
+    relation: str  # prompted
+    judged: str | None
+    relation_ok: bool
+    fidelity: bool  # both subjects with the prompted kind and contrast
+    leakage: bool  # a 'person' the prompt did not ask for
+    confidence: float
+
+
+def score(judgement: Judgement, spec: ClipSpec, prompt: str) -> JudgedVideo:
+    """Compare a judgement with the spec the video was asked to show."""
+    return JudgedVideo(
+        prompt=prompt,
+        relation=spec.relation,
+        judged=judgement.relation,
+        relation_ok=bool(judgement.relation == spec.relation),
+        fidelity=bool(subject_fidelity(judgement, spec.subjects)),
+        leakage=bool(appearance_leakage(judgement, spec.subjects)),
+        confidence=float(judgement.confidence),
+    )
+
+
+def summarize(videos: Sequence[JudgedVideo]) -> dict[str, float]:
+    """Rates over a set of judged videos (each in [0, 1]) and their count."""
+    if not videos:
+        raise ValueError("no judged videos to summarize")
+    return {
+        "relation_accuracy": float(np.mean([v.relation_ok for v in videos])),
+        "subject_fidelity": float(np.mean([v.fidelity for v in videos])),
+        "appearance_leakage": float(np.mean([v.leakage for v in videos])),
+        "videos": len(videos),
+    }
+
+
+def judge_generations(
+    pipe: MochiPipeline,
+    specs: Sequence[ClipSpec],
+    world: WorldConfig,
+    sample: SampleConfig,
+    keep: int = 0,
+    on_video: Callable[[int, int], None] | None = None,
+) -> tuple[list[JudgedVideo], list[np.ndarray]]:
+    """Generate the caption of every spec (seed `sample.seed + i`) and judge it.
+
+    Returns the judged videos and the frames of the first `keep` (for frame strips).
+    """
+    judged, kept = [], []
+    for i, spec in enumerate(specs):
+        prompt = caption(spec, world)
+        frames = generate(pipe, prompt, sample.model_copy(update={"seed": sample.seed + i}))
+        judged.append(score(judge_video(frames), spec, prompt))
+        if i < keep:
+            kept.append(frames)
+        if on_video is not None:
+            on_video(i + 1, len(specs))
+    return judged, kept
+
+
+@torch.no_grad()
+def reconstruction_report(vae: AutoencoderKLMochi, clips: Sequence[WorldClip], batch: int = 8) -> dict[str, float]:
+    """PSNR of VAE reconstructions of world clips, and the judge's scores on them (gate: >= 0.90)."""
+    videos = np.stack([clip.video for clip in clips])
+    recon = []
+    for i in range(0, len(videos), batch):
+        x = torch.from_numpy(videos[i : i + batch]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        recon.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
+    recon_videos = np.concatenate(recon)
+    mse = float(np.mean((recon_videos.astype(np.float64) - videos.astype(np.float64)) ** 2))
+    judged = [score(judge_video(v), c.spec, c.caption) for v, c in zip(recon_videos, clips)]
+    return {"psnr_db": float(10 * np.log10(255.0**2 / max(mse, 1e-12))), **summarize(judged)}
+
+
+def as_records(videos: Sequence[JudgedVideo]) -> list[dict]:
+    """JSON-ready judged videos."""
+    return [asdict(v) for v in videos]

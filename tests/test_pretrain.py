@@ -1,0 +1,107 @@
+"""The toy base (issue 13 §2) and the study (§4), at micro sizes through the real code paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import MochiPipeline
+
+from dreamrelation.data.world import RELATIONS, WorldConfig
+from dreamrelation.evaluation.config import STUDY_METHODS, StudyConfig, study_train_config
+from dreamrelation.model.config import PretrainConfig, VaePretrainConfig
+from dreamrelation.model.mochi import missing_components
+from dreamrelation.stages.pretrain import GATES_FILE, MODEL_DIR, pretrain_base
+from dreamrelation.stages.study import aggregate, method_train_config, prompt_specs, run_study
+
+MICRO = PretrainConfig(
+    vae={"steps": 2, "full_frame_steps": 1, "batch_size": 1, "stats_clips": 2, "checkpoint_every": 1},
+    dit={"clips": 4, "steps": 2, "batch_size": 2, "checkpoint_every": 1, "warmup_steps": 0},
+    gates={"reconstruction_clips": 2, "prompts": 1, "sample": {"steps": 2, "frames": 25, "height": 64, "width": 96}},
+)
+
+
+@pytest.fixture(scope="module")
+def toy_base(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("toy-base")
+    pretrain_base(MICRO, folder)
+    return folder
+
+
+def test_micro_pretraining_writes_a_loadable_mochi_folder_and_gates(toy_base: Path) -> None:
+    model_dir = toy_base / MODEL_DIR
+    assert missing_components(model_dir) == []
+    pipe = MochiPipeline.from_pretrained(model_dir, local_files_only=True)
+    assert pipe.vae.config.latents_mean is not None and len(pipe.vae.config.latents_std) == 12
+    assert pipe.transformer.pos_frequencies.abs().min() > 0  # RoPE frequencies set, not zeros
+    pieces = pipe.tokenizer.tokenize("A dark red triangle is circling around a light blue dog.")
+    assert "▁triangle" in pieces and "▁circling" in pieces  # world words are whole pieces
+    gates = json.loads((toy_base / GATES_FILE).read_text())
+    assert set(gates["gates"]) >= {"reconstruction relation accuracy", "generation relation accuracy"}
+    assert all(isinstance(g["passed"], bool) for g in gates["gates"].values())
+    assert gates["held_out_relations"] == ["push", "orbit"]
+
+
+def test_pretraining_never_shows_the_held_out_verbs(toy_base: Path) -> None:
+    data = torch.load(toy_base / "work" / "dit_data.pt", weights_only=False)
+    for relation in MICRO.held_out_relations:
+        assert not [c for c in data["captions"] if RELATIONS[relation].verb in c]
+    assert data["latents"].shape[1:] == (12, 5, 8, 12)
+
+
+def test_a_rerun_resumes_and_trains_nothing_again(toy_base: Path) -> None:
+    result = pretrain_base(MICRO, toy_base)
+    assert result["vae"]["resumed_from"] == MICRO.vae.steps and result["dit"]["resumed_from"] == MICRO.dit.steps
+
+
+def test_bad_pretrain_config_is_named() -> None:
+    with pytest.raises(ValueError, match="held_out_relations: unknown"):
+        PretrainConfig(held_out_relations=["dance"])
+    with pytest.raises(ValueError, match="leaves no relation"):
+        PretrainConfig(held_out_relations=list(RELATIONS))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        VaePretrainConfig(block_channels=[32, 48, 64, 64])
+
+
+def test_study_methods_differ_only_where_they_should() -> None:
+    base = study_train_config()
+    configs = {m: method_train_config(m, base, seed=2) for m in STUDY_METHODS if m != "base"}
+    assert all(c.seed == 2 and c.steps == base.steps and c.lr == base.lr for c in configs.values())
+    assert (configs["dreamrelation"].hmt, configs["dreamrelation"].rcl) == (True, True)
+    assert configs["direct_lora"].lora.mode == "direct" and not configs["direct_lora"].hmt
+    assert (configs["no_hmt"].hmt, configs["no_hmt"].rcl) == (False, True)
+    assert (configs["no_rcl"].hmt, configs["no_rcl"].rcl) == (True, False)
+    prompts = prompt_specs(StudyConfig(), WorldConfig(), "push")
+    assert len(prompts) == 20 and all(s.kind != "person" for p in prompts for s in p.subjects)
+
+
+def test_aggregate_means_and_spreads_by_hand() -> None:
+    runs = [
+        {"relation": "push", "method": "m", "seed": 0, "relation_accuracy": 1.0, "subject_fidelity": 0.5, "appearance_leakage": 0.0},
+        {"relation": "push", "method": "m", "seed": 1, "relation_accuracy": 0.5, "subject_fidelity": 0.5, "appearance_leakage": 0.0},
+        {"relation": "orbit", "method": "m", "seed": 0, "relation_accuracy": 0.0, "subject_fidelity": 1.0, "appearance_leakage": 1.0},
+        {"relation": "orbit", "method": "m", "seed": 1, "relation_accuracy": 0.5, "subject_fidelity": 1.0, "appearance_leakage": 0.0},
+    ]
+    table = aggregate(runs, ["m"], ["push", "orbit"])
+    assert table["push"]["m"]["relation_accuracy"] == {"mean": 0.75, "std": 0.25, "n": 2}
+    # 'all': per seed the mean over relations (0.5 and 0.5), then mean/std over seeds
+    assert table["all"]["m"]["relation_accuracy"] == {"mean": 0.5, "std": 0.0, "n": 2}
+    assert table["all"]["m"]["appearance_leakage"] == {"mean": 0.25, "std": 0.25, "n": 2}
+
+
+def test_micro_study_runs_every_method_through_training_and_the_judge(toy_base: Path, tmp_path: Path) -> None:
+    cfg = StudyConfig(
+        relations=["push"], methods=["dreamrelation", "direct_lora", "base"], seeds=[0], exemplars=4, prompts=2,
+        train=study_train_config().model_copy(update={"steps": 2, "checkpoint_every": 1}),
+        sample={"steps": 2, "frames": 25, "height": 64, "width": 96, "guidance": 2.0}, strip_prompts=1,
+    )
+    result = run_study(cfg, toy_base / MODEL_DIR, MICRO.world, tmp_path)
+    assert set(result["table"]["push"]) == {"dreamrelation", "direct_lora", "base"}
+    assert (tmp_path / "runs/push/dreamrelation/seed0/relation_lora.safetensors").is_file()
+    assert not (tmp_path / "runs/push/base/seed0/relation_lora.safetensors").exists()
+    for name in ("study.json", "study.md", "study.png", "strips/push-dreamrelation.png"):
+        assert (tmp_path / name).is_file(), name
+    judged = json.loads((tmp_path / "runs/push/direct_lora/seed0/judged.json").read_text())
+    assert len(judged["videos"]) == 2 and judged["videos"][0]["relation"] == "push"
