@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench venv clean-demo
+.PHONY: demo test bench venv clean-demo study
 
 $(BIN)/dreamrelation: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(BIN)/dreamrelation
 
 demo: venv
 	$(BIN)/dreamrelation demo
+
+study: venv
+	$(BIN)/dreamrelation study
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -105,3 +105,30 @@ def test_micro_study_runs_every_method_through_training_and_the_judge(toy_base: 
         assert (tmp_path / name).is_file(), name
     judged = json.loads((tmp_path / "runs/push/direct_lora/seed0/judged.json").read_text())
     assert len(judged["videos"]) == 2 and judged["videos"][0]["relation"] == "push"
+
+
+def test_cli_study_runs_pretraining_then_the_study_through_prefect(prefect_harness, tmp_path: Path) -> None:
+    """`dreamrelation study -c micro.yaml`: both toy stages as flows, artifacts under the root, rerun reuses."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import dreamrelation.flows.toy  # noqa: F401  (bind Prefect's console handler outside CliRunner)
+    from dreamrelation.flows.cli import app
+
+    micro = {
+        "root": str(tmp_path / "toy"),
+        "pretrain": MICRO.model_dump(mode="json"),
+        "study": {"relations": ["orbit"], "methods": ["dreamrelation", "base"], "seeds": [0], "exemplars": 4,
+                  "prompts": 1, "strip_prompts": 1, "train": {"steps": 2, "checkpoint_every": 1},
+                  "sample": {"steps": 2, "frames": 25, "height": 64, "width": 96}},
+    }
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(micro))
+    first = CliRunner().invoke(app, ["study", "-c", str(tmp_path / "micro.yaml")])
+    assert first.exit_code == 0, first.output
+    flat = " ".join(first.output.split())
+    assert "toy-world pretrain_base built" in flat and "toy-world study built" in flat
+    report = next((tmp_path / "toy" / "studies").glob("toy-*/study.md"))
+    assert "| dreamrelation |" in report.read_text() and "| base |" in report.read_text()
+    assert next((tmp_path / "toy" / "base").glob("toy-*/model/model_index.json")).is_file()
+    again = CliRunner().invoke(app, ["study", "-c", str(tmp_path / "micro.yaml")])
+    assert again.exit_code == 0 and again.output.count("reused") == 2, again.output

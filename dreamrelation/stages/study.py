@@ -26,16 +26,18 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from dreamrelation.data.masks import latent_masks
 from dreamrelation.data.world import KINDS, ClipSpec, WorldConfig, render_clip, sample_specs
 from dreamrelation.evaluation.config import STUDY_METRICS, StudyConfig
 from dreamrelation.evaluation.toy import as_records, judge_generations, summarize
+from dreamrelation.model.analysis import subspace_similarity
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
 from dreamrelation.model.mochi import LatentNorm, encode_text, load_text_encoder, load_vae
 from dreamrelation.model.pretrain import videos_to_tensor
 from dreamrelation.model.sample import load_inference_pipeline
-from dreamrelation.model.train import TrainClip, train
+from dreamrelation.model.train import TrainClip, checkpoint_dirs, read_metrics, train
 
 log = logging.getLogger("dreamrelation.study")
 
@@ -111,11 +113,53 @@ def run_one(
     judged, kept = judge_generations(pipe, prompts, world, sample, keep=cfg.strip_prompts)
     for i, frames in enumerate(kept):
         np.save(run_dir / f"strip{i}.npy", frames[:: max(1, len(frames) // 5)])
-    record = {"relation": relation, "method": method, "seed": seed, **summarize(judged), "videos": as_records(judged)}
+    record = {"relation": relation, "method": method, "seed": seed, **summarize(judged),
+              "diagnostics": diagnostics(run_dir) if lora_path is not None else None, "videos": as_records(judged)}
     tmp = run_dir / ".judged.json.partial"
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(done)
     return record
+
+
+def diagnostics(run_dir: Path) -> dict[str, Any]:
+    """What a trained run learned, for the analysis when a method disappoints (issue 13 §5).
+
+    `branch_loss`: mean reconstruction loss per HMT branch over the last half of training;
+    `rcl_loss`: mean contrastive loss there; `update_norm`: sum over modules of ||B A||_F per
+    adapter (the size of each LoRA's weight change); `qk_subspace` / `qv_subspace`: METHOD.md §7
+    similarity (rank 4) of the relation adapter's Q and K updates, and of its Q update with the
+    first subject adapter's V update, averaged over blocks (vision stream).
+    """
+    records = read_metrics(run_dir / "metrics.jsonl")
+    late = records[len(records) // 2 :]
+    groups = sorted({r["group"] for r in late})
+    rcl = [r["loss_rcl"] for r in late if r.get("loss_rcl") is not None]
+    weights = load_file(checkpoint_dirs(run_dir)[-1] / "adapters.safetensors")
+    deltas: dict[tuple[str, str], torch.Tensor] = {}
+    for key, a in weights.items():
+        module, _, rest = key.partition(".lora_A.")
+        if rest:
+            adapter = rest.removesuffix(".weight")
+            deltas[(module, adapter)] = weights[f"{module}.lora_B.{adapter}.weight"] @ a
+    norms: dict[str, float] = {}
+    for (_, adapter), delta in deltas.items():
+        norms[adapter] = norms.get(adapter, 0.0) + float(delta.norm())
+
+    def mean_similarity(first: tuple[str, str], second: tuple[str, str]) -> float | None:
+        pairs = [(deltas[(m, first[1])], deltas[(m.replace(first[0], second[0]), second[1])])
+                 for (m, adapter) in deltas if adapter == first[1] and m.endswith(f"attn1.{first[0]}")
+                 and (m.replace(first[0], second[0]), second[1]) in deltas]
+        # rows are output features: compare the column spaces of the updates (their transposes' rows)
+        values = [subspace_similarity(x.T, y.T, rank=4) for x, y in pairs]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "branch_loss": {g: float(np.mean([r["loss_rec"] for r in late if r["group"] == g])) for g in groups},
+        "rcl_loss": float(np.mean(rcl)) if rcl else None,
+        "update_norm": norms,
+        "qk_subspace": mean_similarity(("to_q", "relation"), ("to_k", "relation")),
+        "qv_subspace": mean_similarity(("to_q", "relation"), ("to_v", "subject1")),
+    }
 
 
 def run_study(cfg: StudyConfig, model_dir: str | Path, world: WorldConfig, folder: str | Path,
@@ -139,7 +183,7 @@ def run_study(cfg: StudyConfig, model_dir: str | Path, world: WorldConfig, folde
     result = {"config": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "table": table,
               "runs": [{k: v for k, v in r.items() if k != "videos"} for r in runs]}
     (folder / RESULTS_JSON).write_text(json.dumps(result, indent=1))
-    (folder / REPORT_MD).write_text(report_markdown(table, cfg))
+    (folder / REPORT_MD).write_text(report_markdown(table, cfg) + diagnostics_markdown(runs, cfg.methods))
     cv2.imwrite(str(folder / CHART_PNG), bar_chart(table, cfg.methods)[:, :, ::-1])
     write_strips(folder, cfg)
     return result
@@ -178,6 +222,31 @@ def report_markdown(table: dict[str, Any], cfg: StudyConfig) -> str:
                 f"{cells[m]['mean']:.3f} ± {cells[m]['std']:.3f}" for m in STUDY_METRICS) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def diagnostics_markdown(runs: list[dict[str, Any]], methods: list[str]) -> str:
+    """Per trained method, diagnostics averaged over its runs (relations and seeds)."""
+    lines = ["## Diagnostics (mean over runs; last half of training)", "",
+             "| method | loss per branch | contrastive loss | update norm per adapter | Q-K relation | Q(rel)-V(subj) |",
+             "|---|---|---|---|---|---|"]
+
+    def mean(values: list[float | None]) -> str:
+        kept = [v for v in values if v is not None]
+        return f"{np.mean(kept):.3g}" if kept else "-"
+
+    for method in methods:
+        chosen = [r["diagnostics"] for r in runs if r["method"] == method and r.get("diagnostics")]
+        if not chosen:
+            continue
+        branches = sorted({g for d in chosen for g in d["branch_loss"]})
+        adapters = sorted({a for d in chosen for a in d["update_norm"]})
+        lines.append(
+            f"| {method} | " + ", ".join(f"{g} {mean([d['branch_loss'].get(g) for d in chosen])}" for g in branches)
+            + f" | {mean([d['rcl_loss'] for d in chosen])} | "
+            + ", ".join(f"{a} {mean([d['update_norm'].get(a) for d in chosen])}" for a in adapters)
+            + f" | {mean([d['qk_subspace'] for d in chosen])} | {mean([d['qv_subspace'] for d in chosen])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def bar_chart(table: dict[str, Any], methods: list[str], width: int = 640, height: int = 300) -> np.ndarray:
