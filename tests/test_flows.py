@@ -85,3 +85,123 @@ def test_pipeline_rejects_unknown_relation_and_empty_root(prefect_harness, tmp_p
     with pytest.raises(SelectionError, match="contains no NTU clips"):
         select_clips_flow(relation="A058", config=_config(tmp_path, empty))
     assert not list((tmp_path / "artifacts").rglob("*.complete.json"))
+
+
+# --------------------------------------------------------------------------- what the UI shows (issue 11)
+def _artifacts(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found if a.key}
+
+
+def _child_runs(parent_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_run_id])))
+
+
+def _flow_run(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+def test_pipeline_run_summary_names_tags_and_dropped_clips(prefect_harness, tmp_path, synthetic_root):
+    import re
+
+    from dreamrelation.flows.pipeline import relation_pipeline
+
+    config = _config(tmp_path, synthetic_root)
+    plan = plan_relation("A112", config)
+    runs = []
+    for _ in range(2):  # built, then reused
+        state = relation_pipeline(relation="A112", config=config, stop_after="write_captions", return_state=True)
+        assert state.is_completed()
+        runs.append(state.state_details.flow_run_id)
+
+    parent = _flow_run(runs[1])
+    assert parent.name == f"a112-relation-pipeline-{plan['write_captions'].fingerprint[:8]}"
+    assert {"relation:A112", "stage:relation_pipeline", "dreamrelation"} <= set(parent.tags)
+    children = {run.name: run for run in _child_runs(runs[1])}
+    for stage in ("select_clips", "write_captions"):
+        name = f"a112-{stage.replace('_', '-')}-{plan[stage].fingerprint[:8]}"
+        assert name in children and {"relation:A112", f"stage:{stage}"} <= set(children[name].tags)
+
+    for run_id, result in zip(runs, ("built", "reused")):
+        summary = _artifacts(run_id)["a112-pipeline-summary"]
+        assert summary.type == "markdown"
+        text = summary.data
+        assert re.search(rf"\| select_clips \| \*\*{result}\*\* \| [\d.]+ s \| \S.* \| `{re.escape(str(tmp_path))}/", text)
+        assert f"| write_captions | **{result}** |" in text
+        for stage in ("encode_latents", "make_masks", "train_relation", "evaluate"):
+            assert f"| {stage} | not run | | | stop_after=write_captions |" in text
+    assert not {key for key in _artifacts(runs[0]) if key.endswith("-store")}  # local root: no dead file:// links
+
+    select_run = next(run for name, run in children.items() if "select-clips" in name)
+    first_select = next(run for run in _child_runs(runs[0]) if "select-clips" in run.name)
+    logs = _logs(first_select.id, "dropped")
+    assert re.search(r"select_clips \[A112\]: dropped S\d+C\d+P\d+R\d+A112: \S", logs), logs[-2000:]
+    assert "already complete" in _logs(select_run.id, "already complete")
+
+
+def test_masks_table_shows_pictures_and_subject_order(prefect_harness, tmp_path, synthetic_root):
+    import base64
+    import re
+
+    from dreamrelation.flows.make_masks import make_masks_flow
+    from dreamrelation.flows.select_clips import select_clips_flow
+
+    config = _config(tmp_path, synthetic_root)
+    select_clips_flow(relation="A055", config=config)
+    state = make_masks_flow(relation="A055", config=config, return_state=True)
+    assert _flow_run(state.state_details.flow_run_id).name.startswith("a055-make-masks-")
+    text = _artifacts(state.state_details.flow_run_id)["masks-a055"].data
+    assert "| clip | status | S1 (left, orange) | S2 (right, blue) |" in text and "file://" not in text
+    images = re.findall(r"!\[[^\]]*\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert len(images) == state.result().summary["ok"] == 3
+    for payload in images:
+        data = base64.b64decode(payload)
+        assert data[:3] == b"\xff\xd8\xff" and len(data) < 24_000
+    assert re.search(r"\| ok \| [\d.]+ % of pixels \| [\d.]+ % of pixels \|", text)
+
+
+def test_method_logs_reach_the_run_log_at_info(prefect_harness):
+    import logging
+
+    from prefect import flow
+
+    from dreamrelation.tasks.runs import stage_run
+
+    method = logging.getLogger("dreamrelation.test_method")
+
+    @flow(name="method-logs-test")
+    def logs_flow() -> None:
+        with stage_run("A058", "train_relation"):
+            method.info("step 1/2 loss_rec=0.12345 (method line)")
+        method.info("after the stage: not routed")
+
+    state = logs_flow(return_state=True)
+    text = _logs(state.state_details.flow_run_id, "method line")
+    assert "step 1/2 loss_rec=0.12345 (method line)" in text and "not routed" not in text
+    assert logging.getLogger("dreamrelation").level == logging.NOTSET  # restored
+    assert {"relation:A058", "stage:train_relation"} <= set(_flow_run(state.state_details.flow_run_id).tags)
+
+
+def test_pipeline_summary_is_published_when_a_stage_fails(prefect_harness, tmp_path, synthetic_root):
+    from dreamrelation.flows.pipeline import relation_pipeline
+
+    config = _config(tmp_path, synthetic_root).model_copy(
+        update={"captions": PipelineConfig().captions.model_copy(update={"captions_file": str(tmp_path / "missing.csv")})}
+    )
+    state = relation_pipeline(relation="A058", config=config, return_state=True)
+    assert state.is_failed()
+    text = _artifacts(state.state_details.flow_run_id)["a058-pipeline-summary"].data
+    assert "1 built, 0 reused, 1 failed" in text
+    assert "| select_clips | **built** |" in text and "| write_captions | **failed** |" in text
+    assert "| encode_latents | not run | | | an earlier stage failed |" in text

@@ -5,13 +5,18 @@ The slow test starts `prefect server start` (SQLite, fresh PREFECT_HOME under tm
 process worker on the `cpu` queue of the `gpu` pool, deploys with `prefect deploy --all`, then:
 - runs the select-clips deployment for A058 and A055 (`prefect deployment run --params`), each
   on a tiny synthetic dataset of its own, and the relation-pipeline deployment for A112 with
-  `stop_after=write_captions`;
+  `stop_after=train_relation` (tiny models, 2 training steps, one sample);
 - checks the store artifacts, the completion events (events API), and that the triggers
   started write-captions for the same relation with the same config, then encode-latents and
   make-masks (left Scheduled: no worker polls the `gpu` queue here), and nothing for A112,
   whose stages ran inside the pipeline run;
 - sends latents/masks completion events by hand (A058 latents, A055 masks, A058 masks) and
-  checks that the join trigger started train-relation for A058 only.
+  checks that the join trigger started train-relation for A058 only;
+- checks what a person sees in the UI (issue 11), through the REST API: run names and tags carry
+  the relation and stage, the pipeline run holds the summary table of its stages, the masks table
+  and the training sample hold `data:image/jpeg` pictures that decode, the training progress
+  shows the loss, the method's training-loss lines are in the train subflow's log, and every
+  automation has a description.
 The server and worker run in their own process groups and are stopped (worker first) in a
 `finally`, whatever happens.
 """
@@ -19,6 +24,7 @@ The server and worker run in their own process groups and are stopped (worker fi
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -187,6 +193,18 @@ class Api:
     def artifact_keys(self) -> set[str]:
         return {a["key"] for a in self.call("POST", "/artifacts/filter", {"limit": 200}) if a.get("key")}
 
+    def artifacts(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The newest artifact of each key on these flow runs (their tasks' artifacts included)."""
+        body = {"artifacts": {"flow_run_id": {"any_": run_ids}}, "sort": "CREATED_DESC", "limit": 200}
+        found: dict[str, dict[str, Any]] = {}
+        for artifact in self.call("POST", "/artifacts/filter", body):
+            found.setdefault(artifact.get("key") or artifact["id"], artifact)
+        return found
+
+    def children(self, run_id: str) -> list[dict[str, Any]]:
+        body = {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}, "limit": 50}
+        return self.call("POST", "/flow_runs/filter", body)
+
 
 def _state(run: dict[str, Any]) -> str:
     return (run.get("state") or {}).get("type", "")
@@ -242,8 +260,81 @@ def _config(tmp_path: Path, relation: str) -> dict[str, Any]:
     }
 
 
+def _pipeline_config(tmp_path: Path) -> dict[str, Any]:
+    """A112 through train_relation on the tiny demo models: 2 steps, a sample at step 2."""
+    from dreamrelation.model.config import TrainConfig
+
+    train = TrainConfig.demo().model_dump(mode="json")
+    train.update(steps=2, warmup_steps=1, checkpoint_every=2, sample_every=2)
+    return {
+        **_config(tmp_path, "A112"),
+        "model": {"profile": "demo", "device": "cpu", "dtype": "float32", "models_cache": str(tmp_path / "models")},
+        "train": train,
+    }
+
+
+def _jpeg(uri: str) -> bytes:
+    """The bytes of a `data:image/jpeg;base64,` URI, checked to be a JPEG (or PNG) file."""
+    assert uri.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")), uri[:60]
+    data = base64.b64decode(uri.split(",", 1)[1])
+    assert data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n"
+    return data
+
+
+def _check_ui(api: Api, tmp_path: Path, pipeline_run: str, select_runs: dict[str, str], logs: list[Path]) -> None:
+    """Issue 11: names, tags, the parent summary, pictures, progress, method logs, automations."""
+    from dreamrelation.config import PipelineConfig
+    from dreamrelation.plan import plan_relation
+
+    plan = plan_relation("A112", PipelineConfig.model_validate(_pipeline_config(tmp_path)))
+    parent = api.run(pipeline_run)
+    assert parent["name"] == f"a112-relation-pipeline-{plan['train_relation'].fingerprint[:8]}"
+    assert {"relation:A112", "stage:relation_pipeline"} <= set(parent["tags"])
+    children = {run["name"]: run for run in api.children(pipeline_run)}
+    stages = ("select_clips", "write_captions", "encode_latents", "make_masks", "train_relation")
+    for stage in stages:
+        name = f"a112-{stage.replace('_', '-')}-{plan[stage].fingerprint[:8]}"
+        assert name in children, sorted(children)
+        assert {"relation:A112", f"stage:{stage}"} <= set(children[name]["tags"])
+    for relation, run_id in select_runs.items():  # deployment runs are named and tagged too
+        run = api.run(run_id)
+        assert re.fullmatch(rf"{relation.lower()}-select-clips-[0-9a-f]{{8}}", run["name"]) and f"relation:{relation}" in run["tags"]
+
+    # The parent run's own artifact: every stage, built, with its subflow run and artifact URI.
+    summary = api.artifacts([pipeline_run])["a112-pipeline-summary"]
+    assert summary["type"] == "markdown"
+    for stage in stages:
+        assert re.search(rf"\| {stage} \| \*\*built\*\* \| [\d.:]+( s)? \| .*a112-{stage.replace('_', '-')}-", summary["data"]), summary["data"]
+    assert "| evaluate | not run | | | stop_after=train_relation |" in summary["data"]
+
+    # Pictures: the masks table (markdown) and the training sample (image artifact), small JPEGs.
+    artifacts = api.artifacts([run["id"] for run in children.values()])
+    masks = artifacts["masks-a112"]["data"]
+    pictures = re.findall(r"\((data:image/[a-z]+;base64,[A-Za-z0-9+/=]+)\)", masks)
+    assert pictures and all(len(_jpeg(uri)) < 30_000 for uri in pictures)
+    assert "S1 (left, orange)" in masks and "file://" not in masks
+    sample = artifacts["a112-train-sample"]
+    assert sample["type"] == "image" and "step 2" in sample["description"] and len(_jpeg(sample["data"])) < 50_000
+    progress = artifacts["a112-train-steps"]
+    assert progress["type"] == "progress" and progress["data"] == 100.0
+    assert re.match(r"training steps: 2/2 · loss_rec [\d.e+-]+ .*elapsed", progress["description"]), progress["description"]
+
+    # The method's INFO lines (training loss per step, logger dreamrelation.train) in the train run's log.
+    train_run = next(run["id"] for name, run in children.items() if name.startswith("a112-train-relation-"))
+    _wait_for(
+        "the training-loss lines in the train run's log",
+        lambda: any(name == "dreamrelation.train" and "loss_rec=" in message for name, message in api.log_records(train_run)),
+        30, logs,
+    )
+
+    automations = api.call("POST", "/automations/filter", {})
+    assert len(automations) == 6
+    for automation in automations:
+        assert "for that" in automation["description"] and automation["name"].split("-after-")[0] in automation["description"]
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_deployments_triggers_and_events_on_a_real_server(tmp_path):
     from dreamrelation.config import PipelineConfig
     from dreamrelation.data.store import ArtifactStore
@@ -299,16 +390,16 @@ def test_deployments_triggers_and_events_on_a_real_server(tmp_path):
             params = json.dumps({"relation": relation, "config": _config(tmp_path, relation)})
             out = _prefect(env, "deployment", "run", "select-clips/select-clips", "--params", params)
             started[relation] = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-        pipeline_config = _config(tmp_path, "A112")
+        pipeline_config = _pipeline_config(tmp_path)
         created = api.call(  # the REST call behind `deployment run`, sent to the `cpu` queue
             "POST",
             f"/deployments/{api.deployment_id('relation-pipeline/relation-pipeline')}/create_flow_run",
-            {"parameters": {"relation": "A112", "config": pipeline_config, "stop_after": "write_captions"},
+            {"parameters": {"relation": "A112", "config": pipeline_config, "stop_after": "train_relation"},
              "work_queue_name": "cpu"},
         )
         started["A112"] = created["id"]
 
-        _wait_for("the select-clips and pipeline runs", lambda: _final([api.run(i) for i in started.values()]), 150, logs)
+        _wait_for("the select-clips and pipeline runs", lambda: _final([api.run(i) for i in started.values()]), 240, logs)
         for relation, run_id in started.items():
             run = api.run(run_id)
             assert _state(run) == "COMPLETED", f"{relation}: {run['state']}"
@@ -344,18 +435,23 @@ def test_deployments_triggers_and_events_on_a_real_server(tmp_path):
             assert sorted(grouped) == ["A055", "A058"] and all(len(r) == 1 for r in grouped.values()), deployment
             assert grouped["A058"][0]["parameters"]["config"]["root"] == str(tmp_path / "artifacts")
 
-        # Artifacts in the store, a link artifact per stage, completion events with payloads.
+        # Artifacts in the store, completion events with payloads.
         for relation in ("A058", "A055", "A112"):
-            plan = plan_relation(relation, PipelineConfig.model_validate(_config(tmp_path, relation)))
+            config = _pipeline_config(tmp_path) if relation == "A112" else _config(tmp_path, relation)
+            plan = plan_relation(relation, PipelineConfig.model_validate(config))
             store = ArtifactStore(tmp_path / "artifacts")
             for stage in ("select_clips", "write_captions"):
                 assert store.is_complete(plan[stage].key), f"{relation} {stage} missing"
         keys = api.artifact_keys()
-        assert {"a058-select-clips-store", "a055-write-captions-store", "a112-write-captions-store", "clips-a058"} <= keys
+        assert {"clips-a058", "clips-a055", "masks-a112"} <= keys
+        assert not {key for key in keys if key.endswith("-store")}  # a local root: no dead file:// links
         expected = {
             (f"dreamrelation.{stage}.completed", f"dreamrelation.relation.{relation}")
             for relation in ("A058", "A055", "A112")
             for stage in ("select_clips", "write_captions")
+        } | {
+            (f"dreamrelation.{stage}.completed", "dreamrelation.relation.A112")
+            for stage in ("encode_latents", "make_masks", "train_relation")
         }
 
         def all_events() -> list[dict[str, Any]] | None:  # the server stores events in batches
@@ -383,6 +479,8 @@ def test_deployments_triggers_and_events_on_a_real_server(tmp_path):
         train = api.runs("train-relation/train-relation")
         assert [r["parameters"]["relation"] for r in train] == ["A058"]
         assert train[0]["parameters"]["config"] == config
+
+        _check_ui(api, tmp_path, started["A112"], {r: started[r] for r in ("A058", "A055")}, logs)
         timings["total"] = time.monotonic() - t0
         print("e2e timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
     finally:

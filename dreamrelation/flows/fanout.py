@@ -2,7 +2,8 @@
 
 Each relation becomes its own deployment run (`run_deployment(..., timeout=0)`), so N GPU
 workers polling the work pool process N relations in parallel; this flow only polls their
-states and ends with a per-relation table (log + table artifact `fan-out-status`).
+states and ends with a per-relation table (log, table artifact `fan-out-status`, and the
+markdown summary `fan-out-summary` with run links, stages complete and metrics).
 
 Every worker must read and write the same artifacts: with workers on several machines, set
 `config.root` (and `select.dataset_root`) to an object-store URL such as
@@ -28,6 +29,8 @@ from dreamrelation.config import PipelineConfig
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.relations import NTU_MUTUAL_RELATIONS, get_relation, load_relation_table
 from dreamrelation.plan import STAGES
+from dreamrelation.tasks.runs import PROJECT_TAG, fan_out_name, tag_flow_run
+from dreamrelation.tasks.summary import RelationRow, publish_fan_out_summary
 
 PIPELINE_DEPLOYMENT = "relation-pipeline/relation-pipeline"
 ALL_RELATIONS = list(NTU_MUTUAL_RELATIONS)
@@ -46,6 +49,7 @@ class RelationRunStatus:
     state: str
     seconds: float | None
     message: str
+    flow_run_id: str = ""
 
 
 def _status(relation: str, run: FlowRun, timed_out: bool = False) -> RelationRunStatus:
@@ -54,7 +58,7 @@ def _status(relation: str, run: FlowRun, timed_out: bool = False) -> RelationRun
     if timed_out:
         message = f"still {state.name if state else 'unknown'} when the fan-out stopped waiting"
     seconds = round(run.total_run_time.total_seconds(), 1) if run.total_run_time else None
-    return RelationRunStatus(relation, run.name, state.name if state else "Unknown", seconds, message[:200])
+    return RelationRunStatus(relation, run.name, state.name if state else "Unknown", seconds, message[:200], str(run.id))
 
 
 def _poll(run_ids: dict[str, UUID], poll_seconds: float, timeout_seconds: float | None) -> dict[str, RelationRunStatus]:
@@ -80,13 +84,13 @@ def _poll(run_ids: dict[str, UUID], poll_seconds: float, timeout_seconds: float 
                     finished[relation] = (
                         _status(relation, run, timed_out=True)
                         if run is not None
-                        else RelationRunStatus(relation, str(run_id), "Unknown", None, "flow run not found")
+                        else RelationRunStatus(relation, str(run_id), "Unknown", None, "flow run not found", str(run_id))
                     )
                 return finished
             time.sleep(poll_seconds)
 
 
-def _report(statuses: list[RelationRunStatus]) -> None:
+def _report(statuses: list[RelationRunStatus], config: PipelineConfig) -> None:
     rows = [asdict(status) for status in statuses]
     done = sum(status.state == "Completed" for status in statuses)
     create_table_artifact(
@@ -99,9 +103,12 @@ def _report(statuses: list[RelationRunStatus]) -> None:
         seconds = "" if s.seconds is None else f"{s.seconds:.0f}"
         lines.append(f"{s.relation:<9} {s.state:<10} {seconds:>8}  {s.flow_run} {s.message}".rstrip())
     get_run_logger().info("fan-out: %d of %d relations completed\n%s", done, len(statuses), "\n".join(lines))
+    publish_fan_out_summary(
+        [RelationRow(s.relation, s.state, s.seconds, s.flow_run_id, s.flow_run, s.message) for s in statuses], config
+    )
 
 
-@flow(name="fan-out", log_prints=True)
+@flow(name="fan-out", log_prints=True, flow_run_name=fan_out_name)
 def fan_out_flow(
     relations: list[str] = ALL_RELATIONS,
     config: PipelineConfig = PipelineConfig(),
@@ -125,6 +132,7 @@ def fan_out_flow(
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
 
+    tag_flow_run(PROJECT_TAG, "fan-out")
     parent = FlowRunContext.get()
     parent_id = str(parent.flow_run.id) if parent and parent.flow_run else str(uuid4())
     parameters = {"config": config.model_dump(mode="json"), "force": force, "stop_after": stop_after}
@@ -144,7 +152,7 @@ def fan_out_flow(
     timeout = None if timeout_hours is None else timeout_hours * 3600
     finished = _poll(run_ids, poll_seconds, timeout)
     statuses = [finished[relation] for relation in relations]
-    _report(statuses)
+    _report(statuses, config)
     failed = [s.relation for s in statuses if s.state != "Completed"]
     if failed:
         raise FanOutError(f"{len(failed)} of {len(statuses)} relations did not complete: {', '.join(failed)}")

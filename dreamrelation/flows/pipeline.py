@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 
 from dreamrelation.config import DEMO_RELATIONS, PipelineConfig
@@ -16,6 +18,8 @@ from dreamrelation.flows.train_relation import train_relation_flow
 from dreamrelation.flows.write_captions import write_captions_flow
 from dreamrelation.plan import STAGES
 from dreamrelation.tasks.common import StageResult
+from dreamrelation.tasks.runs import pipeline_name, stage_run
+from dreamrelation.tasks.summary import StageRow, publish_pipeline_summary, stage_row
 
 STAGE_FLOWS = {
     "select_clips": select_clips_flow,
@@ -28,7 +32,7 @@ STAGE_FLOWS = {
 assert tuple(STAGE_FLOWS) == STAGES
 
 
-@flow(name="relation-pipeline", log_prints=True)
+@flow(name="relation-pipeline", log_prints=True, flow_run_name=pipeline_name)
 def relation_pipeline(
     relation: str = "A058",
     config: PipelineConfig = PipelineConfig(),
@@ -38,17 +42,27 @@ def relation_pipeline(
     """Run every stage for one relation; finished stages are skipped (their artifacts are reused).
 
     `stop_after` ends the run after the named stage (e.g. `make_masks` on a CPU-only machine).
+    The run ends with a summary artifact `<relation>-pipeline-summary`: every stage, built or
+    reused, its duration, its subflow run and artifact, and the final metrics (also on failure).
     """
     relation = normalize_relation_id(relation)
-    get_relation(relation, load_relation_table(config.relations_file))  # fail fast on an unknown id
+    info = get_relation(relation, load_relation_table(config.relations_file))  # fail fast on an unknown id
     ArtifactStore(config.root).check_writable()  # ... and on a root no stage could write
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
-    results = []
-    for name, stage_flow in STAGE_FLOWS.items():
-        results.append(stage_flow(relation=relation, config=config, force=force))
-        if name == stop_after:
-            break
+    results: list[StageResult] = []
+    rows: list[StageRow] = []
+    with stage_run(relation, "relation_pipeline", "pipeline"):
+        try:
+            for name, stage_flow in STAGE_FLOWS.items():
+                started = time.monotonic()
+                state = stage_flow(relation=relation, config=config, force=force, return_state=True)
+                rows.append(stage_row(name, state, time.monotonic() - started, relation, config))
+                results.append(state.result())  # a failed stage raises its error here
+                if name == stop_after:
+                    break
+        finally:
+            publish_pipeline_summary(relation, rows, stop_after, info.name)
     return results
 
 

@@ -38,6 +38,21 @@ FROM_EVENT = {"relation": "{{ event.payload.relation }}", "config": "{{ event.pa
 JOIN_WINDOW = timedelta(days=1)
 
 
+def trigger_description(target: str, upstream: list[str], expect: str, after: str | None = None) -> str:
+    """What an automation does, in words (the Automations page shows it under the name)."""
+    source = " or ".join(upstream)
+    if after is None:
+        return (
+            f"When a {source} deployment run finishes {expect} for a relation (event dreamrelation.{expect}.completed), "
+            f"start {target} for that same relation with the event's relation and config."
+        )
+    return (
+        f"When {expect} finishes for a relation whose {after} finished earlier (events dreamrelation.{after}.completed, "
+        f"then dreamrelation.{expect}.completed, same relation, within a day, from {source} deployment runs), "
+        f"start {target} for that relation with the event's relation and config."
+    )
+
+
 def chain_trigger(
     name: str, upstream: list[str], expect: str, after: str | None = None, within: timedelta | None = None
 ) -> DeploymentEventTrigger:
@@ -50,6 +65,7 @@ def chain_trigger(
     related_names: str | list[str] = [f"{d}*" for d in upstream] if len(upstream) > 1 else f"{upstream[0]}*"
     spec: dict = {
         "name": name,
+        "description": trigger_description(name.split("-after-")[0], upstream, expect, after),
         "match": RELATION_EVENTS,
         "match_related": {"prefect.resource.role": "deployment", "prefect.resource.name": related_names},
         "expect": {f"dreamrelation.{expect}.completed"},

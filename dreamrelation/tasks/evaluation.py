@@ -12,21 +12,26 @@ from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
 from dreamrelation.data.ntu import normalize_relation_id
+from dreamrelation.data.previews import format_sig, frame_strip, image_data_uri
 from dreamrelation.data.relations import get_relation, load_relation_table
 from dreamrelation.data.store import ArtifactStore, fetch_local, fingerprint
+from dreamrelation.data.video import read_video
 from dreamrelation.evaluation.report import (
     REPORT_FILE,
     RESULTS_FILE,
     headline,
-    json_safe,
-    metric_table_records,
     write_combined_report,
 )
 from dreamrelation.model.train import LORA_FILE
 from dreamrelation.plan import plan_relation
 from dreamrelation.stages.evaluate import evaluate_relation
 from dreamrelation.tasks.common import StageResult, run_stage
-from dreamrelation.tasks.ui import Progress, artifact_key
+from dreamrelation.tasks.summary import metrics_markdown
+from dreamrelation.tasks.ui import Progress, artifact_key, cell, markdown_image
+
+#: Prompts of the evaluation samples table, and the byte budget of each frame strip.
+MAX_PROMPT_ROWS = 6
+SAMPLE_BYTES = 16_000
 
 #: Bump when the combined report's layout changes.
 REPORT_CODE_VERSION = "1"
@@ -50,19 +55,87 @@ def _read_text(uri: str) -> str:
         return handle.read()
 
 
+def metric_rows(methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table-artifact rows: one per method, metrics at 4 significant figures, FVD among the first columns."""
+    rows = []
+    for m in methods:
+        ra = m["relation_accuracy"]
+        accuracy = format_sig(ra.get("value"))
+        if accuracy != "n/a" and ra.get("std") is not None:
+            accuracy += f" ± {format_sig(ra['std'])}"
+        rows.append({
+            "method": m["name"],
+            "relation accuracy": accuracy,
+            "CLIP-T": format_sig(m["clip_t"].get("value")),
+            "temporal consistency": format_sig(m["temporal_consistency"].get("value")),
+            "FVD": format_sig(m["fvd"].get("value")),
+            "videos": m.get("n_videos"),
+        })
+    return rows
+
+
+def _strip(uri: str) -> str:
+    frames, _ = read_video(fetch_local(uri))
+    return markdown_image(image_data_uri(frame_strip(frames), "jpeg", SAMPLE_BYTES), "frames")
+
+
+def samples_markdown(relation: str, uri: str, results: dict[str, Any], max_prompts: int = MAX_PROMPT_ROWS) -> str:
+    """The metrics (4 significant figures) and, per prompt, one frame strip per method side by side.
+
+    One video per prompt and method (the first seed); at most `max_prompts` prompts.
+    """
+    methods = results["methods"]
+    stds = {m["name"]: m["relation_accuracy"].get("std") for m in methods}
+    lines = [
+        f"### {relation} ({results.get('relation_name') or ''}): metrics",
+        "",
+        metrics_markdown({m["name"]: headline(m) for m in methods}, stds),
+        "",
+        "### Samples: first / middle / last frame",
+        "",
+        "| prompt | " + " | ".join(cell(m["name"]) for m in methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
+    prompts: dict[int, str] = {}
+    for m in methods:
+        for video in m.get("videos", []):
+            prompts.setdefault(video["prompt_index"], video["prompt"])
+    shown = sorted(prompts)[:max_prompts]
+    for index in shown:
+        cells = []
+        for m in methods:
+            video = next((v for v in m.get("videos", []) if v["prompt_index"] == index), None)
+            if video is None:
+                cells.append("")
+                continue
+            try:
+                cells.append(_strip(f"{uri}/{video['file']}"))
+            except (OSError, ValueError) as exc:
+                cells.append(cell(f"unreadable: {exc}"))
+        lines.append(f"| {cell(prompts[index])} | " + " | ".join(cells) + " |")
+    if len(prompts) > len(shown):
+        lines += ["", f"{len(prompts) - len(shown)} more prompt(s) not shown; every video is in `{uri}/videos`."]
+    return "\n".join(lines) + "\n"
+
+
 def publish_evaluation(relation: str, uri: str) -> None:
-    """Table artifact with the metrics and markdown artifact with the report of an evaluation."""
+    """The metrics table, the report and the samples (frame strips per method and prompt) as artifacts."""
     results = json.loads(_read_text(f"{uri}/{RESULTS_FILE}"))
     create_table_artifact(
         key=artifact_key(relation, "evaluate", "metrics"),
-        table=json_safe(metric_table_records(results["methods"])),
-        description=f"Evaluation metrics of {relation} ({results.get('relation_name')}): "
-        "relation accuracy (mean, std over repeats), CLIP-T, temporal consistency, FVD",
+        table=metric_rows(results["methods"]),
+        description=f"Evaluation metrics of {relation} ({results.get('relation_name')}), 4 significant figures: "
+        "relation accuracy (mean ± std over repeats), CLIP-T, temporal consistency, FVD",
     )
     create_markdown_artifact(
         key=artifact_key(relation, "evaluate", "report"),
         markdown=_read_text(f"{uri}/{REPORT_FILE}"),
         description=f"Evaluation report of {relation} (paper Table 1 layout)",
+    )
+    create_markdown_artifact(
+        key=artifact_key(relation, "evaluate", "samples"),
+        markdown=samples_markdown(relation, uri, results),
+        description=f"Evaluation of {relation}: metrics and one frame strip per method and prompt",
     )
 
 

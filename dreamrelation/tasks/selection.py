@@ -21,6 +21,9 @@ from dreamrelation.plan import plan_relation
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import artifact_key
 
+#: Dropped clips named one by one in the run log (all of them are in the clips table).
+MAX_DROPPED_LINES = 200
+
 
 @task(name="generate-synthetic-dataset", cache_policy=NO_CACHE)
 def generate_synthetic_task(config: PipelineConfig) -> str:
@@ -45,6 +48,7 @@ def select_clips_task(relation: str, config: PipelineConfig, force: bool = False
         with fsspec.open(tmp, "w") as handle:
             handle.write(manifest.model_dump_json(indent=2))
         summary.update(selected=len(manifest.clips), available=manifest.available, dropped=len(manifest.dropped))
+        log_dropped(relation, manifest.dropped)
 
     result = run_stage(store, artifact, build, force)
     manifest = read_manifest(result.uri)
@@ -56,6 +60,15 @@ def select_clips_task(relation: str, config: PipelineConfig, force: bool = False
         description=f"Clips of {relation} ({manifest.relation_name}): {len(manifest.clips)} selected",
     )
     return result
+
+
+def log_dropped(relation: str, dropped: list[Any], limit: int = MAX_DROPPED_LINES) -> None:
+    """One run-log line per clip left out of the selection, with its reason (the first `limit`)."""
+    logger = get_run_logger()
+    for record in dropped[:limit]:
+        logger.info("select_clips [%s]: dropped %s: %s", relation, record.clip_id, record.reason)
+    if len(dropped) > limit:
+        logger.info("select_clips [%s]: ... and %d more dropped clips (see the clips table)", relation, len(dropped) - limit)
 
 
 @task(name="write-captions", cache_policy=NO_CACHE)

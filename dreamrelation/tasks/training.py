@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dreamrelation.config import PipelineConfig
+from dreamrelation.data.previews import format_sig, frame_strip
 from dreamrelation.data.store import ArtifactStore
+from dreamrelation.data.video import read_video
+from dreamrelation.model.config import TrainConfig
 from dreamrelation.model.train import train
 from dreamrelation.plan import plan_relation
 from dreamrelation.stages.training import load_training_clips
 from dreamrelation.tasks.common import StageResult, run_stage
-from dreamrelation.tasks.ui import Progress, artifact_key
+from dreamrelation.tasks.ui import Progress, artifact_key, publish_image
+
+#: Folder of the periodic training samples in the run folder (model.train / TrainingSampler).
+SAMPLES_DIR = "samples"
+#: Training-sample pictures one run publishes at most.
+MAX_SAMPLE_IMAGES = 12
 
 
 @task(name="train-relation", cache_policy=NO_CACHE)
@@ -28,7 +37,13 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
 
     def build(run_dir: str, summary: dict[str, Any]) -> None:
         data = load_training_clips(latents_uri, masks_uri, config.train.min_clips)
+        samples = SamplePublisher(relation, Path(run_dir) / SAMPLES_DIR, config.train)
         with Progress(artifact_key(relation, "train-steps"), config.train.steps, "training steps") as bar:
+
+            def on_step(record: dict[str, Any]) -> None:
+                bar.update(record["step"], note=loss_note(record))
+                samples.poll(record["step"])
+
             result = train(
                 data.clips,
                 data.empty_text,
@@ -36,10 +51,11 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
                 config.train,
                 run_dir,
                 config.model,
-                on_step=lambda record: bar.update(record["step"]),
+                on_step=on_step,
                 # remote roots: upload each checkpoint, so a killed worker's rerun anywhere resumes
                 on_checkpoint=lambda _: store.sync_up(run_dir, artifact.key),
             )
+        samples.poll()
         create_table_artifact(
             key=artifact_key(relation, "lora-parameters"),
             table=result.parameter_table,
@@ -56,3 +72,59 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
         )
 
     return run_stage(store, artifact, build, force, resumable=True)
+
+
+def loss_note(record: dict[str, Any]) -> str:
+    """`loss_rec 0.1234 · loss_rcl 0.5678 · group relation` for the progress artifact."""
+    parts = [f"loss_rec {format_sig(record.get('loss_rec'))}"]
+    if record.get("loss_rcl") is not None:
+        parts.append(f"loss_rcl {format_sig(record['loss_rcl'])}")
+    if record.get("group"):
+        parts.append(f"group {record['group']}")
+    return " · ".join(parts)
+
+
+class SamplePublisher:
+    """Publishes the periodic training samples (`samples/step-*.mp4`) as frame-strip image artifacts.
+
+    The training loop writes a sample after the step's `on_step` call, so `poll(step)` (every
+    step) finds the previous sample step's video complete, and `poll()` after training the last.
+    At most `limit` pictures per run: with more sample steps, every k-th and the last one.
+    """
+
+    def __init__(self, relation: str, samples_dir: Path, train_config: TrainConfig, limit: int = MAX_SAMPLE_IMAGES):
+        self.relation = relation
+        self.samples_dir = samples_dir
+        self.every = train_config.sample_every
+        self.last = train_config.steps
+        self.prompt = train_config.sample_prompt
+        count = train_config.steps // self.every if self.every > 0 else 0
+        self.stride = max(1, -(-count // limit)) if count else 1
+        self.published: set[int] = set()
+
+    def wanted(self, step: int) -> bool:
+        return step == self.last or (step // self.every) % self.stride == 0
+
+    def poll(self, step: int | None = None) -> list[int]:
+        """Publish samples not yet published; with `step`, only look when a sample may be new."""
+        if self.every <= 0 or (step is not None and (step - 1) % self.every != 0):
+            return []
+        found = []
+        for path in sorted(self.samples_dir.glob("step-*.mp4")):
+            sample_step = int(path.stem.split("-")[1])
+            if sample_step in self.published or not self.wanted(sample_step):
+                continue
+            self.published.add(sample_step)
+            try:
+                frames, _ = read_video(path)
+            except (OSError, ValueError) as exc:
+                get_run_logger().warning("training sample %s unreadable, not published: %s", path.name, exc)
+                continue
+            publish_image(
+                artifact_key(self.relation, "train-sample"),
+                frame_strip(frames),
+                f"Training sample of {self.relation} at step {sample_step} (first / middle / last frame): "
+                f"{self.prompt!r}",
+            )
+            found.append(sample_step)
+        return found
