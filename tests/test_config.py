@@ -51,7 +51,7 @@ def test_bad_configs_are_named(tmp_path):
         ("video.fsp=24", "video: unknown key 'fsp'; did you mean 'fps'?"),
         ("captions.linkmode=copy", "captions: unknown key 'linkmode'; did you mean 'link_mode'?"),
         ("train.lora.rnk=4", "train.lora: unknown key 'rnk'; did you mean 'rank'?"),
-        ("select.zzz=1", "select: unknown key 'zzz'; valid keys: cameras, clips_per_relation"),
+        ("select.zzz=1", "select: unknown key 'zzz'; valid keys: cameras, check_all, clips_per_relation"),
     ],
 )
 def test_unknown_keys_are_named_with_the_closest_valid_one(override, message):

@@ -43,7 +43,8 @@ def test_select_and_captions_flows_build_then_skip(prefect_harness, tmp_path, sy
     config = _config(tmp_path, synthetic_root)
     plan = plan_relation("A058", config)
     first = select_clips_flow(relation="A058", config=config)
-    assert not first.skipped and first.summary == {"selected": 3, "available": 5, "dropped": 5}
+    # lazy selection (issue 15): it stops at the third usable clip; 3 faulty clips were met, 2 never opened
+    assert not first.skipped and first.summary == {"selected": 3, "available": 3, "dropped": 3, "unchecked": 2}
     manifest = json.loads((tmp_path / "artifacts" / plan["select_clips"].key).read_text())
     assert len(manifest["clips"]) == 3 and manifest["fingerprint"] == plan["select_clips"].fingerprint
 

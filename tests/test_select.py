@@ -22,7 +22,8 @@ def test_selection_is_deterministic_and_seed_dependent(synthetic_root):
 
 
 def test_every_faulty_clip_is_dropped_with_its_reason(synthetic_root):
-    manifest = _select(synthetic_root, clips_per_relation=5)
+    manifest = _select(synthetic_root, clips_per_relation=5, check_all=True)
+    assert manifest.check_all and manifest.unchecked == 0 and manifest.candidates == 8
     assert manifest.available == 5 and len(manifest.clips) == 5
     reasons = [d.reason for d in manifest.dropped]
     assert len(reasons) == 3
@@ -35,8 +36,9 @@ def test_every_faulty_clip_is_dropped_with_its_reason(synthetic_root):
 
 
 def test_unsampled_usable_clips_are_listed(synthetic_root):
-    manifest = _select(synthetic_root, clips_per_relation=2)
+    manifest = _select(synthetic_root, clips_per_relation=2, check_all=True)
     assert sum(d.reason == "usable, not sampled" for d in manifest.dropped) == 3
+    assert manifest.available == 5 and len(manifest.checked) == 8
 
 
 @pytest.mark.parametrize("field, attr", [("cameras", "camera"), ("setups", "setup"), ("performers", "performer")])
@@ -82,7 +84,7 @@ def test_corrupt_video_is_dropped_with_reason(tmp_path, synthetic_root):
     shutil.copytree(synthetic_root, root)
     victim = sorted((root / "nturgb+d_rgb").glob("*A112_rgb.avi"))[0]
     victim.write_bytes(b"not a video at all" * 100)
-    manifest = _select(root, relation="A112", clips_per_relation=1)
+    manifest = _select(root, relation="A112", clips_per_relation=1, check_all=True)
     dropped = {d.clip_id: d.reason for d in manifest.dropped}
     reason = dropped[victim.name.removesuffix("_rgb.avi")]
     assert reason.startswith(f"unreadable video: cannot read video {victim}: ")
@@ -132,8 +134,247 @@ def test_skeletons_that_do_not_fit_the_video_are_dropped(tmp_path, synthetic_roo
     victim = manifest.clips[0]
     frames, fps = read_video(victim.video)
     write_video(victim.video, resize_frames(frames, 90, 160), fps)  # 320x180 -> 160x90
-    after = _select(root, relation="A058", clips_per_relation=4)
+    after = _select(root, relation="A058", clips_per_relation=4, check_all=True)
     reason = {d.clip_id: d.reason for d in after.dropped}[victim.clip_id]
     assert reason.startswith("skeleton does not fit the video: ")
     assert "outside the 160x90 frame" in reason
     assert victim.clip_id not in after.clip_ids
+
+
+# -- lazy selection, determinism, caches (issue 15) -----------------------------------------------
+import os  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from dreamrelation.data import listing as listing_module  # noqa: E402
+from dreamrelation.data import select as select_module  # noqa: E402
+from dreamrelation.data.listing import cache_key, forget_listings, list_dataset  # noqa: E402
+from dreamrelation.data.manifest import Manifest  # noqa: E402
+from dreamrelation.data.store import ArtifactStore  # noqa: E402
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Clip ids whose files were opened (measure_clip calls), in call order."""
+    calls = []
+    real = select_module.measure_clip
+
+    def counting(files, local):
+        calls.append(str(files.clip))
+        return real(files, local)
+
+    monkeypatch.setattr(select_module, "measure_clip", counting)
+    return calls
+
+
+@pytest.fixture
+def walks(monkeypatch):
+    """Number of local tree walks."""
+    count = []
+    real = listing_module._walk_local
+
+    def counting(path):
+        count.append(path)
+        return real(path)
+
+    monkeypatch.setattr(listing_module, "_walk_local", counting)
+    return count
+
+
+def _copy(synthetic_root, tmp_path, age_s=60.0):
+    """A private copy of the synthetic dataset whose folders changed `age_s` ago (not racy)."""
+    root = tmp_path / "ntu"
+    shutil.copytree(synthetic_root, root)
+    past = time.time() - age_s
+    for folder in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        os.utime(folder, (past, past))
+    return root
+
+
+def _run(root, store=None, relation="A058", refresh=False, workers=None, **kwargs):
+    config = SelectConfig(dataset_root=str(root), **kwargs)
+    return select_clips(get_relation(relation), config, VIDEO, store=store, refresh=refresh, workers=workers)
+
+
+def test_lazy_selection_opens_only_the_clips_it_needs(synthetic_root, measured):
+    manifest = _select(synthetic_root, clips_per_relation=2, seed=4)
+    assert not manifest.check_all and manifest.candidates == 8
+    dropped = {d.clip_id: d.reason for d in manifest.dropped}
+    openable = [c for c in manifest.checked if not dropped.get(c, "").startswith("no .skeleton file")]
+    assert measured == openable  # each checked clip opened once, in the seeded order
+    assert manifest.unchecked == 8 - len(manifest.checked) > 0
+    assert manifest.available == 2 and len(manifest.clips) == 2
+    assert manifest.checked[-1] in manifest.clip_ids  # it stopped at the second usable clip
+    assert set(manifest.checked) == set(manifest.clip_ids) | set(dropped)
+    assert "usable, not sampled" not in dropped.values()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lazy_and_check_all_choose_the_same_clips(synthetic_root, seed):
+    for k in (1, 3, 5):
+        lazy = _select(synthetic_root, clips_per_relation=k, seed=seed)
+        full = _select(synthetic_root, clips_per_relation=k, seed=seed, check_all=True)
+        assert lazy.clip_ids == full.clip_ids
+        assert full.checked[: len(lazy.checked)] == lazy.checked  # lazy is a prefix of the same walk
+        assert full.unchecked == 0 and full.available == 5 and len(full.checked) == 8
+
+
+def test_selection_does_not_depend_on_listing_order(tmp_path, synthetic_root, monkeypatch):
+    import random
+
+    root = _copy(synthetic_root, tmp_path)
+    expected = {k: _run(root, refresh=True, clips_per_relation=3, seed=9, check_all=k).model_dump() for k in (0, 1)}
+    real_scandir = os.scandir
+    for shuffle_seed in range(3):
+        rng = random.Random(shuffle_seed)
+
+        def shuffled(path, rng=rng):
+            entries = list(real_scandir(path))
+            rng.shuffle(entries)
+            return iter(entries)
+
+        monkeypatch.setattr(os, "scandir", shuffled)
+        for check_all in (0, 1):
+            manifest = _run(root, refresh=True, clips_per_relation=3, seed=9, check_all=check_all)
+            assert manifest.model_dump() == expected[check_all]
+    monkeypatch.setattr(os, "scandir", real_scandir)
+
+
+def test_every_usable_clip_is_chosen_for_some_seed(synthetic_root):
+    usable = set(_select(synthetic_root, clips_per_relation=5, check_all=True).clip_ids)
+    chosen = Counter(c for seed in range(40) for c in _select(synthetic_root, clips_per_relation=2, seed=seed).clip_ids)
+    assert set(chosen) == usable
+    assert max(chosen.values()) <= 28  # 80 draws of 5 clips: 16 each on average
+
+
+def test_check_cache_rechecks_nothing_for_a_new_k_seed_or_threshold(tmp_path, synthetic_root, measured):
+    store = ArtifactStore(tmp_path / "artifacts")
+    everything = _select(synthetic_root, clips_per_relation=5, check_all=True)
+    no_skeleton = {d.clip_id for d in everything.dropped if d.reason.startswith("no .skeleton")}
+    assert len(no_skeleton) == 1
+    measured.clear()
+    first = _run(synthetic_root, store, clips_per_relation=2, seed=1)
+    assert measured == [c for c in first.checked if c not in no_skeleton] and len(measured) >= 2
+    assert first.model_dump() == _select(synthetic_root, clips_per_relation=2, seed=1).model_dump()  # no cache
+    measured.clear()
+    assert _run(synthetic_root, store, clips_per_relation=2, seed=1).model_dump() == first.model_dump()
+    assert measured == []
+    other = _run(synthetic_root, store, clips_per_relation=3, seed=5)
+    seen = set(first.checked)
+    assert measured == [c for c in other.checked if c not in seen and c not in no_skeleton]
+    seen |= set(other.checked)
+    measured.clear()
+    full = _run(synthetic_root, store, clips_per_relation=5, check_all=True)
+    assert measured == [c for c in full.checked if c not in seen and c not in no_skeleton] and full.available == 5
+    measured.clear()
+    loose = _run(synthetic_root, store, clips_per_relation=5, check_all=True, min_two_body_fraction=0.0)
+    assert measured == []  # the cache holds measurements, not verdicts
+    assert loose.available == 6  # the one-body clip passes a zero threshold
+    key = next(k for k in (tmp_path / "artifacts" / "cache" / "select-checks").rglob("A058.json.gz"))
+    assert key.stat().st_size > 0
+
+
+def test_a_changed_file_is_checked_again(tmp_path, synthetic_root, measured):
+    root = _copy(synthetic_root, tmp_path)
+    store = ArtifactStore(tmp_path / "artifacts")
+    full = _run(root, store, clips_per_relation=5, check_all=True)
+    victim = full.clips[0]
+    Path(victim.video).write_bytes(b"now garbage")
+    measured.clear()
+    after = _run(root, store, clips_per_relation=4, check_all=True)
+    assert measured == [victim.clip_id]
+    assert {d.clip_id: d.reason for d in after.dropped}[victim.clip_id].startswith("unreadable video: cannot read")
+    assert after.available == 4
+
+
+def test_a_malformed_skeleton_is_dropped_with_the_readers_message(tmp_path, synthetic_root):
+    root = _copy(synthetic_root, tmp_path)
+    manifest = _run(root, clips_per_relation=5, check_all=True)
+    victim = Path(manifest.clips[0].skeleton)
+    victim.write_text("\n".join(victim.read_text().splitlines()[:30]) + "\n")
+    after = _run(root, clips_per_relation=4, check_all=True)
+    reason = {d.clip_id: d.reason for d in after.dropped}[manifest.clips[0].clip_id]
+    assert reason.startswith(f"unreadable skeleton: {victim}: file ends after line 30")
+
+
+def test_listing_is_walked_once_and_shared_through_the_store(tmp_path, synthetic_root, walks):
+    root = _copy(synthetic_root, tmp_path)
+    store = ArtifactStore(tmp_path / "artifacts")
+    first = list_dataset(str(root), cache=store)
+    assert list_dataset(str(root), cache=store) is first and len(walks) == 1
+    assert not first.racy and first.files == len(list((root / "nturgb+d_rgb").iterdir())) + len(
+        list((root / "nturgb+d_skeletons").iterdir())
+    )
+    forget_listings()  # as in another process of the fan-out
+    shared = list_dataset(str(root), cache=store)
+    assert len(walks) == 1 and shared is not first
+    assert shared.clips("A058") == first.clips("A058") and shared.groups == first.groups
+    (root / "nturgb+d_rgb" / "S009C001P001R001A058_rgb.avi").write_bytes(b"x")  # its folder's mtime changes
+    grown = list_dataset(str(root), cache=store)
+    assert len(walks) == 2 and "S009C001P001R001A058" in [str(f.clip) for f in grown.clips("A058")]
+    assert grown.racy  # listed within 2 s of a change: never reused
+    list_dataset(str(root), cache=store)
+    assert len(walks) == 3
+    store.write_cache(cache_key(str(root)), b"not a listing")
+    forget_listings()
+    assert list_dataset(str(root), cache=store).clips("A058") == grown.clips("A058")  # a bad cache is ignored
+
+
+def test_a_url_listing_is_reused_for_its_max_age():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/listing-age/rgb/S001C001P001R001A058_rgb.avi", b"video")
+    first = list_dataset("memory://listing-age")
+    fs.pipe("/listing-age/skel/S001C001P001R001A058.skeleton", b"skeleton")
+    assert list_dataset("memory://listing-age") is first  # an object store has no cheap change signal
+    fresh = list_dataset("memory://listing-age", refresh=True)
+    (clip,) = fresh.clips("A058")
+    assert clip.skeleton == "memory:///listing-age/skel/S001C001P001R001A058.skeleton"
+    assert clip.video_id.startswith("5:") and clip.skeleton_id.startswith("8:")  # size + version tag
+    assert list_dataset("memory://listing-age", max_age_s=0) is not fresh
+
+
+def test_url_roots_are_checked_in_parallel_with_the_same_result(synthetic_root, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in sorted(synthetic_root.rglob("*A058*")):
+        if path.suffix in (".avi", ".skeleton"):
+            fs.put(str(path), f"/ntu-parallel/{path.parent.name}/{path.name}")
+    store = ArtifactStore(tmp_path / "artifacts")
+    for check_all in (False, True):
+        serial = _run("memory://ntu-parallel", clips_per_relation=3, seed=3, check_all=check_all, workers=1)
+        parallel = _run("memory://ntu-parallel", store, clips_per_relation=3, seed=3, check_all=check_all)
+        local = _run(synthetic_root, clips_per_relation=3, seed=3, check_all=check_all)
+        assert parallel.model_dump() == serial.model_dump()
+        assert parallel.clip_ids == local.clip_ids and parallel.checked == local.checked
+        assert [d.reason.split(":")[0] for d in parallel.dropped] == [d.reason.split(":")[0] for d in local.dropped]
+
+
+def test_old_manifests_still_load():
+    old = {"relation": "A058", "relation_name": "handshaking", "dataset_root": "/ntu", "clips": [], "dropped": [],
+           "available": 4, "config": {}, "fingerprint": "x"}
+    manifest = Manifest.model_validate(old)
+    assert manifest.check_all and manifest.checked == [] and manifest.unchecked == 0 and manifest.candidates == 0
+
+
+def test_select_config_fields_are_described():
+    assert all(field.description for field in SelectConfig.model_fields.values())
+    with pytest.raises(ValueError, match="did you mean 'check_all'"):
+        SelectConfig(check_al=True)
+
+
+def test_store_cache_entries_are_whole_or_absent(tmp_path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert store.read_cache("cache/listings/x.json.gz") is None
+    for data in (b"one", b"two"):
+        assert store.write_cache("cache/listings/x.json.gz", data)
+        assert store.read_cache("cache/listings/x.json.gz") == data
+    assert [p.name for p in (tmp_path / "artifacts" / "cache" / "listings").iterdir()] == ["x.json.gz"]  # no leftovers
+    (tmp_path / "file").write_text("not a folder")
+    assert ArtifactStore(tmp_path / "file").write_cache("cache/x", b"data") is False  # a cache never fails a stage
+    remote = ArtifactStore("memory://cache-test")
+    assert remote.write_cache("cache/y", b"data") and remote.read_cache("cache/y") == b"data"

@@ -37,7 +37,17 @@ class Manifest(BaseModel):
     dataset_root: str = Field(description="Dataset root the clips were selected from")
     clips: list[ClipRecord] = Field(default_factory=list)
     dropped: list[DroppedClip] = Field(default_factory=list)
-    available: int = Field(0, description="Clips that passed every filter before sampling")
+    available: int = Field(
+        0, description="Usable clips among the checked ones: all usable clips when `unchecked` is 0"
+    )
+    check_all: bool = Field(
+        True, description="Every candidate was checked (False: lazy, checking stopped at clips_per_relation usable)"
+    )
+    candidates: int = Field(0, description="Clips of the relation found under the dataset root (0: not recorded)")
+    checked: list[str] = Field(
+        default_factory=list, description="Clips whose files were opened, in the seeded order they were checked"
+    )
+    unchecked: int = Field(0, description="Candidates passing the name filters that were never checked (lazy)")
     config: dict[str, Any] = Field(default_factory=dict, description="Selection config used")
     fingerprint: str = Field("", description="Fingerprint of the selection")
 

@@ -1,26 +1,46 @@
 """select_clips: choose k training clips of one relation from an NTU RGB+D folder (DESIGN.md).
 
-Scans a dataset root (local folder or fsspec URL) for `SsssCcccPpppRrrrAaaa` files, keeps the
-requested relation, applies the setup/camera/performer filters, drops clips without a
-skeleton, with fewer than two tracked bodies in most frames, or too short for the target
-clip, then samples k of the rest with a seed. Every dropped clip is listed with its reason.
+Lists the dataset root once (local folder or fsspec URL; `data.listing`, cached per root),
+keeps the requested relation's `SsssCcccPpppRrrrAaaa` clips, applies the
+setup/camera/performer filters, then walks the remaining candidates in a seeded random order
+(a hash of seed, relation and clip name: independent of listing order, and adding a clip to
+the dataset does not reshuffle the others) and checks each: a skeleton with two tracked bodies
+in enough frames, a readable video long enough for the target clip, a skeleton that fits the
+video frame. The first k usable clips of that order are chosen, a uniformly random k-subset of
+the usable clips.
+
+Lazy (default): checking stops once k usable clips are found; the manifest lists the clips
+checked, why each checked-but-unusable one was dropped, and how many candidates were not
+checked. `check_all: true` checks every candidate (the exact `available` count, every faulty
+clip named) and chooses the same clips.
+
+A check stores its measurements (two-body fraction, video size/length, joints outside the
+frame, or the read error) in the artifact store, keyed by the files' path + size + mtime (or
+ETag on object stores): changing k, the seed or a threshold re-reads nothing already checked.
+URL roots are checked with parallel threads.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import logging
-import random
-from dataclasses import dataclass
-from typing import Literal
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
 
 import fsspec
 from pydantic import Field
 
 from dreamrelation.configbase import StrictConfig
+from dreamrelation.data.listing import ClipFiles, DatasetRootError, Listing, list_dataset
 from dreamrelation.data.manifest import ClipRecord, DroppedClip, Manifest
-from dreamrelation.data.ntu import ClipName, ClipNameError, misnamed_clip_relation, parse_file_name
+from dreamrelation.data.ntu import ClipName
 from dreamrelation.data.relations import Relation
-from dreamrelation.data.skeleton import SkeletonFormatError, parse_skeleton
+from dreamrelation.data.skeleton import SkeletonFormatError, parse_skeleton_bytes
+from dreamrelation.data.store import ArtifactStore
 from dreamrelation.data.video import VideoConfig, VideoError, probe_video, resample_indices
 
 log = logging.getLogger("dreamrelation.select")
@@ -55,49 +75,19 @@ class SelectConfig(StrictConfig):
     on_shortage: Literal["error", "take_all"] = Field(
         "error", description="If fewer usable clips exist than requested: fail, or take them all with a warning"
     )
+    check_all: bool = Field(
+        False,
+        description="Check every candidate clip (exact 'available' count, every faulty clip named) instead of "
+        "stopping once clips_per_relation usable clips are found; the same clips are chosen either way",
+    )
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    clip: ClipName
-    video: str | None
-    skeleton: str | None
-
-
-@dataclass(frozen=True)
-class _Misnamed:
-    """A file that looks like an NTU clip file but whose name does not parse."""
-
-    relation: str
-    path: str
-    reason: str
-
-
-def scan_dataset(root: str) -> tuple[dict[str, _Candidate], list[_Misnamed]]:
-    """All NTU clips under a root (local or URL), keyed by clip name, and the misnamed look-alikes."""
-    fs, path = fsspec.core.url_to_fs(root)
-    if not fs.exists(path):
-        raise SelectionError(f"dataset root {root} does not exist")
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    found: dict[ClipName, dict[str, str]] = {}
-    misnamed: list[_Misnamed] = []
-    for file_path in fs.find(path):
-        try:
-            clip, kind = parse_file_name(file_path)
-        except ClipNameError as exc:
-            relation = misnamed_clip_relation(file_path)
-            if relation is not None:
-                misnamed.append(_Misnamed(relation, prefix + file_path, f"name does not match SsssCcccPpppRrrrAaaa: {exc}"))
-            continue
-        found.setdefault(clip, {})[kind] = prefix + file_path
-    if not found and not misnamed:
-        raise SelectionError(
-            f"dataset root {root} contains no NTU clips (expected files such as "
-            "S001C001P001R001A058_rgb.avi and S001C001P001R001A058.skeleton)"
-        )
-    candidates = {str(c): _Candidate(c, f.get("video"), f.get("skeleton")) for c, f in sorted(found.items())}
-    return candidates, misnamed
+#: Bump when what `measure_clip` records changes; older cached checks are then ignored.
+CHECK_VERSION = 1
+#: Threads checking clips at once: object stores are latency-bound; on a local folder the check is
+#: CPU-bound under the GIL (skeleton parsing), and a second thread measured no faster on 2 cores.
+URL_WORKERS = 16
+LOCAL_WORKERS = 1
 
 
 def _filter_reason(clip: ClipName, config: SelectConfig) -> str | None:
@@ -108,67 +98,270 @@ def _filter_reason(clip: ClipName, config: SelectConfig) -> str | None:
     return None
 
 
-def check_clip(candidate: _Candidate, config: SelectConfig, video: VideoConfig) -> tuple[ClipRecord | None, str | None]:
-    """Open one clip's skeleton and video; return its record, or the reason it is unusable."""
-    if candidate.video is None:
-        return None, "no RGB video file"
-    if candidate.skeleton is None:
-        return None, "no .skeleton file (NTU lists some samples as missing skeletons)"
+def draw_order(clips: list[ClipFiles], seed: int, relation: str) -> list[ClipFiles]:
+    """The seeded random order candidates are checked in: by a hash of seed, relation and clip name."""
+
+    def key(files: ClipFiles) -> bytes:
+        return hashlib.blake2b(f"{seed}:{relation}:{files.clip}".encode(), digest_size=16).digest()
+
+    return sorted(clips, key=lambda files: (key(files), str(files.clip)))
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def measure_clip(files: ClipFiles, local: bool) -> dict[str, Any]:
+    """What selection decides on, measured once per file version and independent of the thresholds.
+
+    Keys: `skeleton_error`, or `two_body_fraction` and then `video_error`, or `video`
+    ([frames, fps, width, height]) and `outside` (fraction of tracked joints outside the frame).
+    `transient` marks a read failure (file gone, permission, network) that is not cached.
+    Clips without one of their files have nothing to measure.
+    """
+    if files.video is None or files.skeleton is None:
+        return {}
     try:
-        with fsspec.open(candidate.skeleton, "r", encoding="utf-8") as handle:
-            skeleton = parse_skeleton(handle, candidate.skeleton)
+        if local:
+            with open(files.skeleton, "rb") as handle:
+                data = handle.read()
+        else:
+            fs, path = fsspec.core.url_to_fs(files.skeleton)
+            data = fs.cat_file(path)
+    except OSError as exc:
+        return {"skeleton_error": f"cannot read {files.skeleton}: {_os_reason(exc)}", "transient": True}
+    try:
+        skeleton = parse_skeleton_bytes(data, files.skeleton)
     except (SkeletonFormatError, UnicodeDecodeError) as exc:
-        return None, f"unreadable skeleton: {exc}"
-    two_bodies = (skeleton.tracked_bodies_per_frame() >= 2).mean() if skeleton.num_frames else 0.0
+        return {"skeleton_error": str(exc)}
+    two_bodies = float((skeleton.tracked_bodies_per_frame() >= 2).mean()) if skeleton.num_frames else 0.0
+    facts: dict[str, Any] = {"two_body_fraction": two_bodies}
+    try:
+        if local:
+            info = probe_video(files.video)
+        else:
+            with fsspec.open(files.video, "rb", block_size=2**18) as handle:  # the header, not the whole video
+                info = probe_video(handle, name=files.video)
+    except VideoError as exc:
+        facts["video_error"] = str(exc)
+        return facts
+    except OSError as exc:
+        facts.update(video_error=f"cannot read video {files.video}: {_os_reason(exc)}", transient=True)
+        return facts
+    facts["video"] = [info.frames, info.fps, info.width, info.height]
+    facts["outside"] = skeleton.fraction_outside(info.width, info.height)
+    return facts
+
+
+def clip_verdict(
+    files: ClipFiles, facts: dict[str, Any], config: SelectConfig, video: VideoConfig
+) -> tuple[ClipRecord | None, str | None]:
+    """The clip's record, or the reason it is unusable, from its measurements and the thresholds."""
+    if files.video is None:
+        return None, "no RGB video file"
+    if files.skeleton is None:
+        return None, "no .skeleton file (NTU lists some samples as missing skeletons)"
+    if "skeleton_error" in facts:
+        return None, f"unreadable skeleton: {facts['skeleton_error']}"
+    two_bodies = facts["two_body_fraction"]
     if two_bodies < config.min_two_body_fraction:
         return None, f"two tracked bodies in only {two_bodies:.0%} of frames (< {config.min_two_body_fraction:.0%})"
-    try:
-        with fsspec.open(candidate.video, "rb") as handle:
-            info = probe_video(handle, name=candidate.video)
-    except VideoError as exc:
-        return None, f"unreadable video: {exc}"
-    outside = skeleton.fraction_outside(info.width, info.height)
+    if "video_error" in facts:
+        return None, f"unreadable video: {facts['video_error']}"
+    frames, fps, width, height = facts["video"]
+    outside = facts["outside"]
     if outside > config.max_joints_outside_frame:
         return None, (
             f"skeleton does not fit the video: {outside:.0%} of tracked joints (colorX/colorY) lie outside the "
-            f"{info.width}x{info.height} frame (skeleton of another clip, or a video resized after capture?)"
+            f"{width}x{height} frame (skeleton of another clip, or a video resized after capture?)"
         )
-    usable = len(resample_indices(info.frames, info.fps, video.fps))
+    usable = len(resample_indices(frames, fps, video.fps))
     if usable < video.num_frames:
         return None, f"too short: {usable} frames at {video.fps:g} fps, {video.num_frames} needed"
     record = ClipRecord(
-        clip_id=str(candidate.clip),
-        relation=candidate.clip.relation,
-        video=candidate.video,
-        skeleton=candidate.skeleton,
-        frames=info.frames,
-        fps=info.fps,
-        width=info.width,
-        height=info.height,
+        clip_id=str(files.clip),
+        relation=files.clip.relation,
+        video=files.video,
+        skeleton=files.skeleton,
+        frames=frames,
+        fps=fps,
+        width=width,
+        height=height,
     )
     return record, None
 
 
-def select_clips(relation: Relation, config: SelectConfig, video: VideoConfig) -> Manifest:
-    """Choose `clips_per_relation` usable clips of `relation`, deterministically for a seed."""
-    listing, misnamed = scan_dataset(config.dataset_root)
-    candidates = [c for c in listing.values() if c.clip.relation == relation.id]
-    dropped = [
-        DroppedClip(clip_id=m.path.rsplit("/", 1)[-1], reason=m.reason) for m in misnamed if m.relation == relation.id
-    ]
+def check_clip(
+    files: ClipFiles, config: SelectConfig, video: VideoConfig, local: bool | None = None
+) -> tuple[ClipRecord | None, str | None]:
+    """Open one clip's skeleton and video; return its record, or the reason it is unusable (no cache)."""
+    if local is None:
+        local = "://" not in (files.skeleton or files.video or "")
+    return clip_verdict(files, measure_clip(files, local), config, video)
+
+
+class ClipChecks:
+    """Measurements of one relation's clips, read from and written back to the artifact store.
+
+    One gzipped JSON per dataset root and relation (`cache/select-checks/<root hash>/<relation>.json.gz`),
+    read once and written once per selection. An entry is reused only while both files are the
+    same version: local files by size + mtime (one `stat` each), objects by the listing's
+    size + ETag.
+    """
+
+    def __init__(self, listing: Listing, relation: str, store: ArtifactStore | None):
+        self.local = listing.signal is not None
+        self.store = store
+        self.key = f"cache/select-checks/{hashlib.sha256(listing.root.encode()).hexdigest()[:16]}/{relation}.json.gz"
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        self.hits = self.measured = 0
+        self._lock = threading.Lock()
+        if store is not None:
+            blob = store.read_cache(self.key)
+            try:
+                record = json.loads(gzip.decompress(blob)) if blob is not None else {}
+            except (OSError, EOFError, ValueError):
+                record = {}
+            if isinstance(record, dict) and record.get("version") == CHECK_VERSION:
+                self.entries = record.get("clips", {})
+
+    def _identity(self, path: str | None, listed: str | None) -> str | None:
+        if path is None:
+            return None
+        if not self.local:
+            return listed
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+    def facts(self, files: ClipFiles) -> dict[str, Any]:
+        """The clip's measurements: cached when its files are unchanged, else measured (and cached)."""
+        if files.video is None or files.skeleton is None:
+            return {}  # nothing to open
+        ident = [files.video, self._identity(files.video, files.video_id),
+                 files.skeleton, self._identity(files.skeleton, files.skeleton_id)]
+        clip_id = str(files.clip)
+        cached = self.entries.get(clip_id)
+        if cached is not None and cached.get("files") == ident:
+            with self._lock:
+                self.hits += 1
+            return cached["facts"]
+        facts = measure_clip(files, self.local)
+        with self._lock:
+            self.measured += 1
+            if facts and not facts.get("transient") and None not in ident:
+                self.entries[clip_id] = {"files": ident, "facts": facts}
+                self.changed = True
+        return facts
+
+    def save(self) -> None:
+        if self.store is None or not self.changed:
+            return
+        blob = gzip.compress(json.dumps({"version": CHECK_VERSION, "clips": self.entries}).encode(), compresslevel=1)
+        if not self.store.write_cache(self.key, blob):
+            log.warning("could not write the selection check cache %s", self.store.uri(self.key))
+        self.changed = False
+
+
+def _walk(
+    order: list[ClipFiles],
+    wanted: int,
+    check_all: bool,
+    check: Any,
+    workers: int,
+) -> list[tuple[ClipFiles, ClipRecord | None, str | None]]:
+    """Check candidates in `order` until `wanted` are usable (or all, with check_all).
+
+    Checks run in batches (`workers` threads); results are taken in `order` and cut after the
+    `wanted`-th usable clip, so the outcome does not depend on the number of threads.
+    """
+    outcomes: list[tuple[ClipFiles, ClipRecord | None, str | None]] = []
+    usable = position = 0
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="select") if workers > 1 else None
+    try:
+        while position < len(order) and (check_all or usable < wanted):
+            size = len(order) - position if check_all else max(wanted - usable, workers)
+            batch = order[position : position + size]
+            results = pool.map(check, batch) if pool is not None else map(check, batch)
+            for files, (record, reason) in zip(batch, results):
+                outcomes.append((files, record, reason))
+                usable += record is not None
+            position += len(batch)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if check_all:
+        return outcomes
+    kept, usable = [], 0
+    for outcome in outcomes:
+        if usable == wanted:
+            break
+        kept.append(outcome)
+        usable += outcome[1] is not None
+    return kept
+
+
+def select_clips(
+    relation: Relation,
+    config: SelectConfig,
+    video: VideoConfig,
+    store: ArtifactStore | None = None,
+    refresh: bool = False,
+    workers: int | None = None,
+) -> Manifest:
+    """Choose `clips_per_relation` usable clips of `relation`, deterministically for a seed.
+
+    `store` holds the listing and check caches (none without it); `refresh` lists the dataset
+    again even if a cached listing is still trusted; `workers` overrides the number of checking
+    threads (default: URL_WORKERS on URL roots, LOCAL_WORKERS on local folders).
+    """
+    try:
+        listing = list_dataset(config.dataset_root, cache=store, refresh=refresh)
+    except DatasetRootError as exc:
+        raise SelectionError(str(exc)) from None
+    if not listing.files:
+        raise SelectionError(
+            f"dataset root {config.dataset_root} contains no NTU clips (expected files such as "
+            "S001C001P001R001A058_rgb.avi and S001C001P001R001A058.skeleton)"
+        )
+    candidates = listing.clips(relation.id)
+    dropped = [DroppedClip(clip_id=m.path.rsplit("/", 1)[-1], reason=m.reason) for m in listing.misnamed(relation.id)]
     if not candidates and not dropped:
         raise SelectionError(f"dataset root {config.dataset_root} has no clips of relation {relation.id} ({relation.name})")
-    usable: list[ClipRecord] = []
-    for candidate in candidates:
-        reason = _filter_reason(candidate.clip, config)
-        record = None
+    eligible = []
+    for files in candidates:
+        reason = _filter_reason(files.clip, config)
         if reason is None:
-            record, reason = check_clip(candidate, config, video)
-        if record is None:
-            dropped.append(DroppedClip(clip_id=str(candidate.clip), reason=reason or "unknown"))
+            eligible.append(files)
         else:
-            usable.append(record)
+            dropped.append(DroppedClip(clip_id=str(files.clip), reason=reason))
+
     wanted = config.clips_per_relation
+    checks = ClipChecks(listing, relation.id, store)
+    workers = workers or (LOCAL_WORKERS if checks.local else URL_WORKERS)
+    try:
+        outcomes = _walk(
+            draw_order(eligible, config.seed, relation.id),
+            wanted,
+            config.check_all,
+            lambda files: clip_verdict(files, checks.facts(files), config, video),
+            workers,
+        )
+    finally:
+        checks.save()
+    usable = [record for _, record, _ in outcomes if record is not None]
+    for files, record, reason in outcomes:
+        if record is None:
+            dropped.append(DroppedClip(clip_id=str(files.clip), reason=reason or "unknown"))
+    unchecked = len(eligible) - len(outcomes)
+    log.info(
+        "relation %s: %d candidate(s), %d checked (%d from the check cache), %d not checked, %d usable",
+        relation.id, len(candidates), len(outcomes), checks.hits, unchecked, len(usable),
+    )
+    dropped.sort(key=lambda d: d.clip_id)
     if not usable or (len(usable) < wanted and config.on_shortage == "error"):
         reasons = "; ".join(f"{d.clip_id}: {d.reason}" for d in dropped[:5])
         more = f" (+{len(dropped) - 5} more)" if len(dropped) > 5 else ""
@@ -179,16 +372,18 @@ def select_clips(relation: Relation, config: SelectConfig, video: VideoConfig) -
         )
     if len(usable) < wanted:
         log.warning("relation %s: only %d usable clips, taking all (%d requested)", relation.id, len(usable), wanted)
-    rng = random.Random(f"{config.seed}:{relation.id}")
-    chosen = sorted(rng.sample(usable, min(wanted, len(usable))), key=lambda r: r.clip_id)
-    chosen_ids = {r.clip_id for r in chosen}
-    dropped += [DroppedClip(clip_id=r.clip_id, reason="usable, not sampled") for r in usable if r.clip_id not in chosen_ids]
+    chosen = usable[:wanted]
+    dropped += [DroppedClip(clip_id=r.clip_id, reason="usable, not sampled") for r in usable[wanted:]]
     return Manifest(
         relation=relation.id,
         relation_name=relation.name,
         dataset_root=config.dataset_root,
-        clips=chosen,
+        clips=sorted(chosen, key=lambda r: r.clip_id),
         dropped=sorted(dropped, key=lambda d: d.clip_id),
         available=len(usable),
+        check_all=config.check_all,
+        candidates=len(candidates),
+        checked=[str(files.clip) for files, _, _ in outcomes],
+        unchecked=unchecked,
         config=config.model_dump(mode="json"),
     )

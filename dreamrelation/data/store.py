@@ -200,6 +200,37 @@ class ArtifactStore:
         with self.fs.open(self.path(key), "r") as handle:
             return json.load(handle)
 
+    # -- caches (no completion marker: a missing or unreadable entry only means "recompute") ----
+    def read_cache(self, key: str) -> bytes | None:
+        """The bytes of a cache entry such as `cache/listings/<hash>.json.gz`, or None if absent/unreadable."""
+        try:
+            with self.fs.open(self.path(key), "rb") as handle:
+                return handle.read()
+        except (OSError, ValueError):  # FileNotFoundError included; fsspec backends may raise ValueError
+            return None
+
+    def write_cache(self, key: str, data: bytes) -> bool:
+        """Replace a cache entry whole (local: temporary sibling, then rename; object stores: one PUT).
+
+        Returns False instead of raising when the store cannot be written: a cache is an optimisation.
+        """
+        target = self.path(key)
+        try:
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            if not self.is_local:
+                with self.fs.open(target, "wb") as handle:
+                    handle.write(data)
+                return True
+            tmp = Path(f"{target}.partial-{uuid.uuid4().hex[:8]}")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
+        except (OSError, ValueError):
+            return False
+
     def list(self, prefix: str) -> list[str]:
         """Keys of complete artifacts directly under a prefix."""
         base = self.path(prefix)

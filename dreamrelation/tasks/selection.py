@@ -43,11 +43,15 @@ def select_clips_task(relation: str, config: PipelineConfig, force: bool = False
     table = load_relation_table(config.relations_file)
 
     def build(tmp: str, summary: dict[str, Any]) -> None:
-        manifest = select_clips(get_relation(relation, table), config.select, config.video)
+        # the store caches the dataset listing and per-clip checks; force lists the dataset again
+        manifest = select_clips(get_relation(relation, table), config.select, config.video, store=store, refresh=force)
         manifest.fingerprint = artifact.fingerprint
         with fsspec.open(tmp, "w") as handle:
             handle.write(manifest.model_dump_json(indent=2))
-        summary.update(selected=len(manifest.clips), available=manifest.available, dropped=len(manifest.dropped))
+        summary.update(
+            selected=len(manifest.clips), available=manifest.available, dropped=len(manifest.dropped),
+            unchecked=manifest.unchecked,
+        )
         log_dropped(relation, manifest.dropped)
 
     result = run_stage(store, artifact, build, force)
