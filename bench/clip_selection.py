@@ -19,21 +19,12 @@ warm), printed as a table:
 The last line is `select k=20 at NTU-120 scale: S s` (the cold lazy selection).
 Targets (issue 15, 2 cores): lazy <= 5 s, check_all <= 15 s, parse <= 5 ms per ~600 KB file.
 
-    python bench/select.py [--cache DIR] [--relation A058] [--k 20]
+    python bench/clip_selection.py [--cache DIR] [--relation A058] [--k 20]
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file shares its name with the standard library's `select`, and `python bench/select.py`
-# puts bench/ first on sys.path: drop it, so that `import select` (asyncio, subprocess) finds
-# the real module.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
+import argparse
 import io
 import shutil
 import statistics
