@@ -193,8 +193,8 @@ class ToyConfig(StrictConfig):
 
 def load_toy_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ToyConfig:
     """`ToyConfig` from a YAML file (optional) and `a.b=value` overrides."""
-    try:
-        return ToyConfig.model_validate(read_config_data(source, overrides))
+    try:  # merged onto the defaults, so `-s study.train.steps=900` keeps the study's other training settings
+        return ToyConfig.model_validate(_merge(ToyConfig().model_dump(mode="json"), read_config_data(source, overrides)))
     except ValidationError as exc:
         raise ConfigError(f"invalid toy config {source or '(defaults)'}: {describe_errors(exc)}") from None
 

@@ -132,3 +132,16 @@ def test_cli_study_runs_pretraining_then_the_study_through_prefect(prefect_harne
     assert next((tmp_path / "toy" / "base").glob("toy-*/model/model_index.json")).is_file()
     again = CliRunner().invoke(app, ["study", "-c", str(tmp_path / "micro.yaml")])
     assert again.exit_code == 0 and again.output.count("reused") == 2, again.output
+
+
+def test_a_partial_toy_override_keeps_the_other_defaults() -> None:
+    """`-s study.train.steps=900` changes the steps only, not the study's lr, warmup or rank."""
+    from dreamrelation.config import ConfigError, load_toy_config
+
+    cfg = load_toy_config(None, ["study.train.steps=900", "pretrain.dit.steps=10"])
+    expected = study_train_config()
+    assert cfg.study.train.steps == 900 and cfg.pretrain.dit.steps == 10
+    assert (cfg.study.train.lr, cfg.study.train.warmup_steps, cfg.study.train.lora.rank) == (
+        expected.lr, expected.warmup_steps, expected.lora.rank)
+    with pytest.raises(ConfigError, match="unknown key 'stpes'; did you mean 'steps'"):
+        load_toy_config(None, ["study.train.stpes=900"])
