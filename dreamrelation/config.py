@@ -182,6 +182,12 @@ class ToyConfig(StrictConfig):
                 f"study.relations {seen} are not in pretrain.held_out_relations {self.pretrain.held_out_relations}: "
                 "the study's targets must be relations the base never saw"
             )
+        world, sample = self.pretrain.world, self.study.sample
+        if (sample.frames, sample.height, sample.width) != (world.frames, world.height, world.width):
+            raise ValueError(
+                f"study.sample makes {sample.frames}x{sample.height}x{sample.width} videos but the world's clips are "
+                f"{world.frames}x{world.height}x{world.width}: set study.sample.frames/height/width to match"
+            )
         return self
 
     def quick(self) -> ToyConfig:

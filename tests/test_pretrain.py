@@ -145,3 +145,10 @@ def test_a_partial_toy_override_keeps_the_other_defaults() -> None:
         expected.lr, expected.warmup_steps, expected.lora.rank)
     with pytest.raises(ConfigError, match="unknown key 'stpes'; did you mean 'steps'"):
         load_toy_config(None, ["study.train.stpes=900"])
+
+
+def test_study_sampling_must_match_the_world_format() -> None:
+    from dreamrelation.config import ConfigError, load_toy_config
+
+    with pytest.raises(ConfigError, match=r"study.sample makes 25x64x96 videos but the world's clips are 37x64x96"):
+        load_toy_config(None, ["pretrain.world.frames=37"])
