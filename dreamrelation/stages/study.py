@@ -226,7 +226,7 @@ def report_markdown(table: dict[str, Any], cfg: StudyConfig) -> str:
 
 def diagnostics_markdown(runs: list[dict[str, Any]], methods: list[str]) -> str:
     """Per trained method, diagnostics averaged over its runs (relations and seeds)."""
-    lines = ["## Diagnostics (mean over runs; last half of training)", "",
+    lines = ["", "## Diagnostics (mean over runs; last half of training)", "",
              "| method | loss per branch | contrastive loss | update norm per adapter | Q-K relation | Q(rel)-V(subj) |",
              "|---|---|---|---|---|---|"]
 
