@@ -298,7 +298,7 @@ ToyConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAM
 
 @app.command()
 def pretrain(config: ToyConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False) -> None:
-    """Train the toy base model on the relational toy world (VAE, then DiT; ~40 min on 2 cores; resumable).
+    """Train the toy base model on the relational toy world (VAE, then DiT; ~50 min on 2 cores; resumable).
 
     Writes a Mochi-layout model folder usable as model.model_dir, and its gates (gates.json).
     """
