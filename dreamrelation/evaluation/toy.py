@@ -17,6 +17,7 @@ from diffusers import AutoencoderKLMochi, MochiPipeline
 
 from dreamrelation.data.world import ClipSpec, WorldClip, WorldConfig, caption
 from dreamrelation.model.config import SampleConfig
+from dreamrelation.model.pretrain import encode_clips
 from dreamrelation.model.sample import generate
 from dreamrelation.perception.judge import Judgement, appearance_leakage, judge_video, subject_fidelity
 
@@ -87,10 +88,10 @@ def judge_generations(
 def reconstruction_report(vae: AutoencoderKLMochi, clips: Sequence[WorldClip], batch: int = 8) -> dict[str, float]:
     """PSNR of VAE reconstructions of world clips, and the judge's scores on them (gate: >= 0.90)."""
     videos = np.stack([clip.video for clip in clips])
+    latents = encode_clips(vae, videos, batch)
     recon = []
-    for i in range(0, len(videos), batch):
-        x = torch.from_numpy(videos[i : i + batch]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    for i in range(0, len(latents), batch):
+        y = vae.decode(latents[i : i + batch]).sample.clamp(-1, 1)
         recon.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
     recon_videos = np.concatenate(recon)
     mse = float(np.mean((recon_videos.astype(np.float64) - videos.astype(np.float64)) ** 2))

@@ -51,8 +51,8 @@ def study_task(config: ToyConfig, force: bool = False) -> StageResult:
     """Train and judge every method on the toy base; the report becomes a markdown artifact."""
     store = ArtifactStore(config.root)
     plan = plan_toy(config)
-    model_dir = Path(store.local_path(plan["pretrain_base"].key)) / MODEL_DIR
     store.require(plan["pretrain_base"].key)
+    model_dir = store.local_path(plan["pretrain_base"].key) / MODEL_DIR
 
     def build(folder: str, summary: dict[str, Any]) -> None:
         result = run_study(config.study, model_dir, config.pretrain.world, folder, _PhaseProgress({}))
