@@ -202,13 +202,14 @@ def _run_phase(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        running.append(loss.item())
+        value = loss.item()
+        running.append(value)
         if (step + 1) % 10 == 0:
             losses.append((step + 1, float(np.mean(running))))
             log.info("%s step %d/%d loss %.5f", name, step + 1, steps, losses[-1][1])
             running = []
         if on_step is not None:
-            on_step(step + 1, running[-1])
+            on_step(step + 1, value)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "step": step + 1, "losses": losses})
