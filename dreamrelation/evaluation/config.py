@@ -27,6 +27,10 @@ class EvaluationError(ValueError):
 TINY_EVAL_VERSION = 1
 
 MethodSource = Literal["relation_lora", "base", "lora_file"]
+RelationJudge = Literal["vlm", "toy"]
+#: What the toy-world judge scores per video (issue 13 §3): the relation, both subjects' kind and
+#: contrast, a 'person' look the prompt did not ask for. The study reports the same three.
+JUDGE_METRICS = ("relation_accuracy", "subject_fidelity", "appearance_leakage")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -108,7 +112,16 @@ class EvalConfig(StrictConfig):
     )
     clip: ClipMetricConfig = Field(default_factory=ClipMetricConfig, description="CLIP-T / temporal consistency.")
     fvd: FVDConfig = Field(default_factory=FVDConfig, description="FVD (I3D).")
-    vlm: VLMConfig | None = Field(default=None, description="Relation accuracy; None skips it.")
+    vlm: VLMConfig | None = Field(
+        default=None, description="Relation accuracy with relation_judge 'vlm'; None skips it. Unused with 'toy'."
+    )
+    relation_judge: RelationJudge = Field(
+        default="vlm",
+        description="Who scores relation accuracy (issue 13 §3). 'vlm': the vision-language model of `vlm`. "
+        "'toy': the toy-world judge (perception/judge.py) reads every video against the relation and "
+        "subjects of its world-style prompt ('A dark red triangle is pushing a light blue dog.'), and "
+        "adds subject fidelity and appearance leakage; no VLM is loaded.",
+    )
     build_tiny_models: bool = Field(
         default=False,
         description="Demo only: build tiny random metric models (CLIP, I3D stand-in, VLM) at the configured "
@@ -162,7 +175,7 @@ class EvalConfig(StrictConfig):
 # --------------------------------------------------------------------------- the toy-world study (issue 13 §4)
 
 STUDY_METHODS = ("dreamrelation", "direct_lora", "base", "no_hmt", "no_rcl")
-STUDY_METRICS = ("relation_accuracy", "subject_fidelity", "appearance_leakage")
+STUDY_METRICS = JUDGE_METRICS
 
 
 def study_train_config() -> TrainConfig:

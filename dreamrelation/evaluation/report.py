@@ -4,7 +4,9 @@ One relation: `write_relation_results` writes `results.json` (everything, per me
 video) and `report.md` (paper Table 1 layout). Across relations: `combined_report` /
 `write_combined_report` build one report from several evaluation folders (or results.json
 files), with rows averaged over the relations present (relation accuracy pooled per repeat,
-CLIP metrics over all videos, FVD from the pooled generated I3D features).
+CLIP metrics over all videos, FVD from the pooled generated I3D features). Results scored by
+the toy-world judge (`relation_judge: toy`, issue 13 §3) also carry subject fidelity and
+appearance leakage, shown as two more columns beside relation accuracy and pooled over videos.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from dreamrelation.evaluation.config import EvaluationError
+from dreamrelation.evaluation.config import JUDGE_METRICS, EvaluationError
 from dreamrelation.evaluation.score import FVD_DIR, metric_summary, not_computed
 from dreamrelation.perception import metrics
 from dreamrelation.perception.vlm import summarize_answers
@@ -29,13 +31,25 @@ REPORT_FILE = "report.md"
 RESULTS_VERSION = 1
 
 METRICS = ("relation_accuracy", "clip_t", "temporal_consistency", "fvd")
-TABLE_HEADER = ("Method", "Relation Accuracy ↑", "CLIP-T ↑", "Temporal Consistency ↑", "FVD ↓")
+#: Reported only by the toy-world judge (relation_judge 'toy'); columns after relation accuracy where present.
+JUDGE_ONLY_METRICS = tuple(metric for metric in JUDGE_METRICS if metric not in METRICS)
+COLUMN_HEADERS = {
+    "relation_accuracy": "Relation Accuracy ↑",
+    "subject_fidelity": "Subject Fidelity ↑",
+    "appearance_leakage": "Appearance Leakage ↓",
+    "clip_t": "CLIP-T ↑",
+    "temporal_consistency": "Temporal Consistency ↑",
+    "fvd": "FVD ↓",
+}
 METRIC_LABELS = {
     "relation_accuracy": "Relation accuracy",
+    "subject_fidelity": "Subject fidelity",
+    "appearance_leakage": "Appearance leakage",
     "clip_t": "CLIP-T",
     "temporal_consistency": "Temporal consistency",
     "fvd": "FVD",
 }
+NOT_JUDGED = "not scored by the toy-world judge (relation_judge was 'vlm')"
 
 
 def write_relation_results(out_dir: str | Path, results: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,9 +74,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def reported_metrics(methods: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Table order of the metrics of `methods` (results' method entries or table rows): relation
+    accuracy, the toy judge's subject fidelity and appearance leakage where any method has them, then
+    CLIP-T, temporal consistency, FVD."""
+    judged = tuple(metric for metric in JUDGE_ONLY_METRICS if any(m.get(metric) for m in methods))
+    return METRICS[:1] + judged + METRICS[1:]
+
+
 def headline(method: Mapping[str, Any]) -> dict[str, float | None]:
     """Metric name -> value (None where not computed) of one method's results."""
-    return {metric: method[metric]["value"] for metric in METRICS}
+    return {metric: method[metric]["value"] for metric in reported_metrics([method])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,18 +110,21 @@ def format_cell(metric: str, entry: Mapping[str, Any] | None) -> str:
 
 def table_rows(methods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows for `format_table` from results' method entries."""
-    return [{"method": m["name"], **{metric: m.get(metric) for metric in METRICS}} for m in methods]
+    metrics = reported_metrics(methods)
+    return [{"method": m["name"], **{metric: m.get(metric) for metric in metrics}} for m in methods]
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table in the paper's Table 1 layout (method, relation accuracy ± std, CLIP-T,
-    temporal consistency, FVD); each row maps "method" and the metric names to metric entries."""
+    temporal consistency, FVD); each row maps "method" and the metric names to metric entries.
+    Rows scored by the toy judge add subject fidelity and appearance leakage after relation accuracy."""
+    metrics = reported_metrics(rows)
     lines = [
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|---|---:|---:|---:|---:|",
+        "| " + " | ".join(["Method", *(COLUMN_HEADERS[metric] for metric in metrics)]) + " |",
+        "|---|" + "---:|" * len(metrics),
     ]
     for row in rows:
-        cells = [str(row["method"]).replace("|", "\\|")] + [format_cell(metric, row.get(metric)) for metric in METRICS]
+        cells = [str(row["method"]).replace("|", "\\|")] + [format_cell(metric, row.get(metric)) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,6 +144,7 @@ def metric_table_records(methods: Sequence[Mapping[str, Any]]) -> list[dict[str,
                 "fvd": m["fvd"]["value"],
                 "videos": m.get("n_videos"),
                 "vlm_unparseable": ra.get("n_unparseable"),
+                **{metric: m[metric]["value"] for metric in JUDGE_ONLY_METRICS if m.get(metric)},
             }
         )
     return records
@@ -128,7 +154,7 @@ def _not_computed_notes(methods: Sequence[Mapping[str, Any]]) -> list[str]:
     """'- FVD: <reason> (methods)' lines, one per distinct reason."""
     notes: dict[tuple[str, str], list[str]] = {}
     for m in methods:
-        for metric in METRICS:
+        for metric in reported_metrics(methods):
             entry = m.get(metric) or {}
             if not entry.get("computed") or entry.get("value") is None:
                 reason = entry.get("reason") or "not computed"
@@ -170,7 +196,13 @@ def relation_report(results: Mapping[str, Any], heading: str = "#") -> str:
         f"at {sample['height']}x{sample['width']}, {sample['fps']:g} fps."
     )
     vlm = config.get("vlm")
-    if vlm:
+    if config.get("relation_judge") == "toy":
+        lines.append(
+            "Relation accuracy, subject fidelity and appearance leakage: the toy-world judge (perception/judge.py) "
+            "on every video, against the relation and subjects of its prompt; relation accuracy as mean ± std "
+            "over videos."
+        )
+    elif vlm:
         where = vlm.get("model") if vlm["backend"] == "openai" else vlm.get("model_dir")
         lines.append(
             f"Relation accuracy: {vlm['backend']} VLM `{where}`, mean ± std over {vlm['repeats']} repeats."
@@ -208,15 +240,21 @@ def _load_array(folder: str, relative: str) -> np.ndarray | None:
         return None
 
 
-def _pooled_relation_accuracy(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pool the answers of all relations per repeat; mean ± std over repeats."""
-    computed = [e for e in entries if e.get("computed") and "answers" in e]
+def _pooled_relation_accuracy(
+    entries: Sequence[Mapping[str, Any]], videos: Sequence[Sequence[Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """VLM: pool the answers of all relations per repeat (mean ± std over repeats). Toy judge
+    everywhere: mean ± std over all videos. Otherwise the mean of the per-relation values."""
+    computed = [e for e in entries if e.get("computed")]
     if not computed:
         return not_computed(next((e.get("reason") for e in entries if e.get("reason")), "not computed"))
-    repeats = {e["repeats"] for e in computed}
-    policies = {e["policy"] for e in computed}
-    if len(computed) == len(entries) and len(repeats) == 1 and len(policies) == 1:
-        answers = [sum((list(e["answers"][r]) for e in computed), []) for r in range(repeats.pop())]
+    if len(computed) == len(entries) and all(e.get("judge") == "toy" for e in computed):
+        return _pooled_judged(entries, videos, "relation_accuracy")
+    answered = [e for e in computed if "answers" in e]
+    repeats = {e["repeats"] for e in answered}
+    policies = {e["policy"] for e in answered}
+    if len(answered) == len(entries) and len(repeats) == 1 and len(policies) == 1:
+        answers = [sum((list(e["answers"][r]) for e in answered), []) for r in range(repeats.pop())]
         pooled = summarize_answers(answers, policies.pop()).to_dict()
         return {
             "computed": pooled["mean"] is not None,
@@ -235,7 +273,7 @@ def _pooled_relation_accuracy(entries: Sequence[Mapping[str, Any]]) -> dict[str,
         "value": float(np.mean(values)),
         "std": None,
         "reason": None,
-        "how": f"mean of {len(values)} relation(s) (repeats or policies differ, or some relations lack it)",
+        "how": f"mean of {len(values)} relation(s) (judges, repeats or policies differ, or some relations lack it)",
     }
 
 
@@ -244,6 +282,18 @@ def _pooled_video_metric(entries: Sequence[Mapping[str, Any]], videos: Sequence[
     if not values:
         return not_computed(next((e.get("reason") for e in entries if e.get("reason")), "not computed"))
     return {**metric_summary(values), "how": "over all videos of the relations"}
+
+
+def _pooled_judged(
+    entries: Sequence[Mapping[str, Any]], videos: Sequence[Sequence[Mapping[str, Any]]], metric: str
+) -> dict[str, Any]:
+    """A toy-judge metric (0/1 per video) over all judged videos of the relations."""
+    pooled = _pooled_video_metric(entries, videos, metric)
+    if not pooled["computed"]:
+        return pooled
+    if not all(e.get("computed") for e in entries):
+        pooled["how"] = "over the videos of the relations scored by the toy-world judge"
+    return {**pooled, "judge": "toy"}
 
 
 def _pooled_fvd(entries: Sequence[Mapping[str, Any]], folders: Sequence[str | None]) -> dict[str, Any]:
@@ -296,17 +346,19 @@ def combine_results(
         for m in r["methods"]:
             if m["name"] not in order:
                 order.append(m["name"])
+    metrics = reported_metrics([m for r in results for m in r["methods"]])
     averaged = []
     for name in order:
         present = [(r, m, f) for r, f in zip(results, folders) for m in r["methods"] if m["name"] == name]
-        entries = {metric: [m[metric] for _, m, _ in present] for metric in METRICS}
+        entries = {metric: [m.get(metric) or not_computed(NOT_JUDGED) for _, m, _ in present] for metric in metrics}
         videos = [m["videos"] for _, m, _ in present]
         averaged.append(
             {
                 "name": name,
                 "relations": [r["relation"] for r, _, _ in present],
                 "n_videos": sum(m["n_videos"] for _, m, _ in present),
-                "relation_accuracy": _pooled_relation_accuracy(entries["relation_accuracy"]),
+                "relation_accuracy": _pooled_relation_accuracy(entries["relation_accuracy"], videos),
+                **{metric: _pooled_judged(entries[metric], videos, metric) for metric in metrics if metric in JUDGE_ONLY_METRICS},
                 "clip_t": _pooled_video_metric(entries["clip_t"], videos, "clip_t"),
                 "temporal_consistency": _pooled_video_metric(entries["temporal_consistency"], videos, "temporal_consistency"),
                 "fvd": _pooled_fvd(entries["fvd"], [f for _, _, f in present]),
@@ -331,8 +383,15 @@ def combined_markdown(combined: Mapping[str, Any]) -> str:
     partial = [m for m in combined["average"] if len(m["relations"]) != len(relations)]
     for m in partial:
         lines.append(f"- {m['name']}: evaluated on {', '.join(m['relations'])} only.")
+    judged = any((m.get("relation_accuracy") or {}).get("judge") == "toy" for m in combined["average"])
+    accuracy = (
+        "Relation accuracy, subject fidelity and appearance leakage (toy-world judge): mean over all videos "
+        "(relation accuracy ± std over videos)"
+        if judged
+        else "Relation accuracy: answers pooled over relations per repeat (mean ± std over repeats)"
+    )
     lines.append(
-        "Relation accuracy: answers pooled over relations per repeat (mean ± std over repeats); CLIP-T and "
+        f"{accuracy}; CLIP-T and "
         "temporal consistency: mean over all videos; FVD: generated features pooled over relations against the "
         "reference set (or the mean of per-relation FVDs where features cannot be pooled)."
     )

@@ -5,9 +5,11 @@ Videos are decoded from the mp4 files, so a resumed run scores exactly what a fr
 scores. CLIP-T and temporal consistency per video (mean and std over videos); FVD against
 `fvd.reference_videos_dir` with the I3D (reference features cached under `fvd/`, generated
 features kept in `fvd/<method>.npy` for pooled FVD over relations); relation accuracy with the
-configured VLM (mean ± std over repeats, unparseable answers counted). A metric that is not
-configured is reported as not computed, with the reason. The metric models themselves live in
-`perception/`.
+configured VLM (mean ± std over repeats, unparseable answers counted), or, with
+`relation_judge: toy`, with the toy-world judge (issue 13 §3): relation accuracy, subject
+fidelity and appearance leakage per video against the prompt's relation and subjects (mean ±
+std over videos). A metric that is not configured is reported as not computed, with the
+reason. The metric models themselves live in `perception/`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dreamrelation.data.video import read_video
-from dreamrelation.evaluation.config import EvalConfig, EvalMethod, EvaluationError
+from dreamrelation.data.world import parse_caption
+from dreamrelation.evaluation.config import JUDGE_METRICS, EvalConfig, EvalMethod, EvaluationError
 from dreamrelation.evaluation.generate import VideoJob
+from dreamrelation.evaluation.toy import judge_prompt, video_rates
 from dreamrelation.perception import metrics
+from dreamrelation.perception.config import VLMConfig
+from dreamrelation.perception.judge import MIN_FRAMES, MIN_SIDE, JudgeParams, default_params
 from dreamrelation.perception.vlm import (
     VLMBackend,
     ask_repeated,
@@ -44,6 +50,7 @@ log = logging.getLogger("dreamrelation.evaluate")
 
 FVD_DIR = "fvd"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+WORLD_PROMPT_EXAMPLE = "A dark red triangle is pushing a light blue dog."
 
 
 def not_computed(reason: str) -> dict[str, Any]:
@@ -75,6 +82,11 @@ def _build_atomically(target: Path, builder: Callable[[Path], Any]) -> None:
             tmp.unlink()
 
 
+def active_vlm(config: EvalConfig) -> VLMConfig | None:
+    """The VLM that scores relation accuracy; None when none is set or relation_judge is 'toy'."""
+    return config.vlm if config.relation_judge == "vlm" else None
+
+
 def ensure_tiny_eval_models(config: EvalConfig, seed: int = 0) -> list[Path]:
     """Demo: build the tiny CLIP / I3D / VLM at the configured paths when missing.
 
@@ -82,10 +94,11 @@ def ensure_tiny_eval_models(config: EvalConfig, seed: int = 0) -> list[Path]:
     """
     if not config.build_tiny_models:
         return []
+    vlm = active_vlm(config)
     wanted: list[tuple[str | None, Callable[[Path], Any]]] = [
         (config.clip.model_dir, lambda p: metrics.build_tiny_clip(p, seed=seed)),
         (config.fvd.i3d_path, lambda p: metrics.build_tiny_i3d(p, seed=seed)),
-        (config.vlm.model_dir if config.vlm and config.vlm.backend == "transformers" else None,
+        (vlm.model_dir if vlm is not None and vlm.backend == "transformers" else None,
          lambda p: build_tiny_vlm(p, seed=seed)),
     ]
     built = []
@@ -97,8 +110,8 @@ def ensure_tiny_eval_models(config: EvalConfig, seed: int = 0) -> list[Path]:
     return built
 
 
-def check_metric_inputs(config: EvalConfig) -> None:
-    """Fail before generating when a configured metric cannot run."""
+def check_metric_inputs(config: EvalConfig, prompts: Sequence[str]) -> None:
+    """Fail before generating when a configured metric cannot run on these prompts."""
     if config.clip.model_dir and not Path(config.clip.model_dir).is_dir():
         raise EvaluationError(f"clip.model_dir {config.clip.model_dir} is not a folder")
     if config.fvd.i3d_path and not Path(config.fvd.i3d_path).is_file():
@@ -111,9 +124,53 @@ def check_metric_inputs(config: EvalConfig) -> None:
             f"{config.sample.frames} (sample.frames); lower fvd.num_frames (>= {config.fvd.min_frames}) "
             "or generate longer videos"
         )
-    vlm = config.vlm
+    vlm = active_vlm(config)
     if vlm is not None and vlm.backend == "transformers" and not Path(str(vlm.model_dir)).is_dir():
         raise EvaluationError(f"vlm.model_dir {vlm.model_dir} is not a folder")
+    if config.relation_judge == "toy":
+        check_toy_judge_inputs(config, prompts)
+
+
+def check_toy_judge_inputs(config: EvalConfig, prompts: Sequence[str]) -> JudgeParams:
+    """With relation_judge 'toy' (issue 13 §3): world-style prompts, videos the judge can read, its parameters.
+
+    The judge reads the expected relation and subjects from each prompt (`parse_caption`), reads
+    any size from MIN_FRAMES frames of MIN_SIDE x MIN_SIDE pixels (its features are normalised by
+    subject size and frame width; a size other than the one it was fitted on is only warned
+    about), and needs its fitted parameters. Returns them.
+    """
+    bad = []
+    for prompt in prompts:
+        try:
+            parse_caption(prompt)
+        except ValueError:
+            bad.append(prompt)
+    if bad:
+        listed = "; ".join(repr(p) for p in bad)
+        raise EvaluationError(
+            f"evaluate.relation_judge is 'toy' but {len(bad)} prompt(s) are not toy-world captions: {listed}. "
+            f"The toy judge reads the expected relation and subjects from world-style prompts, e.g. "
+            f"{WORLD_PROMPT_EXAMPLE!r}; give such prompts (evaluate.prompts_path) or use relation_judge 'vlm'"
+        )
+    sample = config.sample
+    if sample.frames < MIN_FRAMES or min(sample.height, sample.width) < MIN_SIDE:
+        raise EvaluationError(
+            f"the toy judge needs videos of at least {MIN_FRAMES} frames of {MIN_SIDE}x{MIN_SIDE} pixels, "
+            f"evaluate.sample makes {sample.frames} frame(s) of {sample.height}x{sample.width}"
+        )
+    try:
+        params = default_params()
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"the toy judge cannot load its parameters: {exc}") from exc
+    fitted = params.fit.get("config", {})
+    shape = (fitted.get("frames"), fitted.get("height"), fitted.get("width"))
+    if shape != (sample.frames, sample.height, sample.width):
+        log.warning(
+            "the toy judge was fitted on %sx%sx%s world clips, evaluate.sample makes %sx%sx%s videos; its features "
+            "are normalised by subject size and frame width, but scores are most reliable at the fitted format",
+            *shape, sample.frames, sample.height, sample.width,
+        )
+    return params
 
 
 @dataclass
@@ -123,6 +180,7 @@ class MetricModels:
     clip: metrics.ClipEmbedder | None = None
     i3d: metrics.I3DFeatureExtractor | None = None
     vlm: VLMBackend | None = None
+    judge: JudgeParams | None = None  # relation_judge 'toy': the toy-world judge's parameters
     reasons: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -152,7 +210,9 @@ def load_metric_models(config: EvalConfig) -> MetricModels:
             config.fvd.frame_sampling,
             config.fvd.batch_size,
         )
-    if config.vlm is None:
+    if config.relation_judge == "toy":
+        models.judge = default_params()
+    elif config.vlm is None:
         models.reasons["relation_accuracy"] = "vlm is not set (no vision-language model configured)"
     else:
         models.vlm = make_vlm_backend(config.vlm)
@@ -224,6 +284,9 @@ def score_method(
             i3d_rows.append(models.i3d.features([frames]))
         if models.vlm is not None and config.vlm is not None:
             vlm_frames.append(sample_frames(frames, config.vlm.num_frames))
+        if models.judge is not None:
+            verdict = judge_prompt(frames, job.prompt, models.judge)
+            entry.update(video_rates(verdict), judged_relation=verdict.judged, judge_confidence=verdict.confidence)
         videos.append(entry)
         del frames
 
@@ -258,7 +321,10 @@ def score_method(
             "features_file": features_file,
         }
 
-    if models.vlm is None or config.vlm is None:
+    if models.judge is not None:
+        for metric in JUDGE_METRICS:
+            result[metric] = {**metric_summary([v[metric] for v in videos]), "judge": "toy"}
+    elif models.vlm is None or config.vlm is None:
         result["relation_accuracy"] = not_computed(models.reasons["relation_accuracy"])
     else:
         vlm = config.vlm

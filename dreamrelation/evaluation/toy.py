@@ -1,9 +1,10 @@
 """Toy-world evaluation: reconstruct or generate world videos and score them with the judge.
 
-Used by the toy base's gates (issue 13 §2) and by the study (issue 13 §4). Every score comes
-from `perception.judge` on the videos themselves: the relation it recognises, whether both
-subjects have the prompted kind and contrast (subject fidelity), and whether a subject looks
-like a stick-figure person the prompt did not ask for (appearance leakage).
+Used by the toy base's gates (issue 13 §2), by the study (issue 13 §4) and by the `evaluate`
+stage with `relation_judge: toy` (issue 13 §3, `judge_prompt`). Every score comes from
+`perception.judge` on the videos themselves: the relation it recognises, whether both subjects
+have the prompted kind and contrast (subject fidelity), and whether a subject looks like a
+stick-figure person the prompt did not ask for (appearance leakage).
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLMochi, MochiPipeline
 
-from dreamrelation.data.world import ClipSpec, WorldClip, WorldConfig, caption
+from dreamrelation.data.world import ClipSpec, WorldClip, WorldConfig, caption, parse_caption
+from dreamrelation.evaluation.config import JUDGE_METRICS
 from dreamrelation.model.config import SampleConfig
 from dreamrelation.model.pretrain import encode_clips
 from dreamrelation.model.sample import generate
-from dreamrelation.perception.judge import Judgement, appearance_leakage, judge_video, subject_fidelity
+from dreamrelation.perception.judge import (
+    Judgement,
+    JudgeParams,
+    PromptedSubject,
+    appearance_leakage,
+    judge_video,
+    subject_fidelity,
+)
 
 
 @dataclass(frozen=True)
@@ -35,29 +44,49 @@ class JudgedVideo:
     confidence: float
 
 
-def score(judgement: Judgement, spec: ClipSpec, prompt: str) -> JudgedVideo:
-    """Compare a judgement with the spec the video was asked to show."""
+def compare(
+    judgement: Judgement, relation: str, subjects: Sequence[PromptedSubject], prompt: str
+) -> JudgedVideo:
+    """Compare a judgement with the relation and the two subjects the video was asked to show."""
     return JudgedVideo(
         prompt=prompt,
-        relation=spec.relation,
+        relation=relation,
         judged=judgement.relation,
-        relation_ok=bool(judgement.relation == spec.relation),
-        fidelity=bool(subject_fidelity(judgement, spec.subjects)),
-        leakage=bool(appearance_leakage(judgement, spec.subjects)),
+        relation_ok=bool(judgement.relation == relation),
+        fidelity=bool(subject_fidelity(judgement, subjects)),
+        leakage=bool(appearance_leakage(judgement, subjects)),
         confidence=float(judgement.confidence),
     )
+
+
+def score(judgement: Judgement, spec: ClipSpec, prompt: str) -> JudgedVideo:
+    """Compare a judgement with the spec the video was asked to show."""
+    return compare(judgement, spec.relation, spec.subjects, prompt)
+
+
+def judge_prompt(frames: np.ndarray, prompt: str, params: JudgeParams | None = None) -> JudgedVideo:
+    """Judge a video against its world-style prompt (issue 13 §3: the judge beside the VLM).
+
+    The expected relation and subjects come from `parse_caption(prompt)`; a prompt that is not
+    a world caption raises ValueError.
+    """
+    relation, subjects = parse_caption(prompt)
+    return compare(judge_video(frames, params), relation, subjects, prompt)
+
+
+def video_rates(video: JudgedVideo) -> dict[str, float]:
+    """One judged video as 0/1 values of `JUDGE_METRICS` (what `summarize` averages)."""
+    values = {"relation_accuracy": video.relation_ok, "subject_fidelity": video.fidelity,
+              "appearance_leakage": video.leakage}
+    return {metric: float(values[metric]) for metric in JUDGE_METRICS}
 
 
 def summarize(videos: Sequence[JudgedVideo]) -> dict[str, float]:
     """Rates over a set of judged videos (each in [0, 1]) and their count."""
     if not videos:
         raise ValueError("no judged videos to summarize")
-    return {
-        "relation_accuracy": float(np.mean([v.relation_ok for v in videos])),
-        "subject_fidelity": float(np.mean([v.fidelity for v in videos])),
-        "appearance_leakage": float(np.mean([v.leakage for v in videos])),
-        "videos": len(videos),
-    }
+    rates = [video_rates(v) for v in videos]
+    return {**{metric: float(np.mean([r[metric] for r in rates])) for metric in JUDGE_METRICS}, "videos": len(videos)}
 
 
 def judge_generations(

@@ -54,6 +54,7 @@ JUDGE_VERSION = 1
 PARAMS_FILE = Path(__file__).with_name("judge_params.json")
 MIN_FOUND = 0.5  # a subject seen in fewer frames than this fraction is "not found"
 CONTACT_GAP = 0.2  # mask gap (in subject sizes) below which the subjects touch
+MIN_FRAMES, MIN_SIDE = 4, 16  # the smallest video the judge reads: 4 frames of 16x16 pixels
 _PROBES = np.linspace(0.0, 1.0, 9)  # times at which distance profiles are sampled
 
 
@@ -115,8 +116,10 @@ def as_frames(frames: np.ndarray) -> np.ndarray:
         hint = " (channels first? transpose to (T, H, W, 3))" if array.ndim == 4 and array.shape[1] == 3 else ""
         raise JudgeInputError(f"expected RGB frames (T, H, W, 3), got shape {array.shape}{hint}")
     t, h, w, _ = array.shape
-    if t < 4 or h < 16 or w < 16:
-        raise JudgeInputError(f"need at least 4 frames of 16x16 pixels, got {t} frames of {h}x{w}")
+    if t < MIN_FRAMES or h < MIN_SIDE or w < MIN_SIDE:
+        raise JudgeInputError(
+            f"need at least {MIN_FRAMES} frames of {MIN_SIDE}x{MIN_SIDE} pixels, got {t} frames of {h}x{w}"
+        )
     if array.dtype == np.uint8:
         return array.astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):

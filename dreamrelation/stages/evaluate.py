@@ -4,7 +4,8 @@ Reads the relation's inference LoRA (the train_relation artifact) and the config
 models, writes into `out_dir`:
 1. `videos/<method>/p<prompt>-seed<seed>.mp4` for every method x prompt x seed
    (`evaluation.generate`, resumable);
-2. the scores of every method (`evaluation.score`), after the pipeline is freed;
+2. the scores of every method (`evaluation.score`), after the pipeline is freed; relation
+   accuracy by the VLM or, with `relation_judge: toy`, by the toy-world judge (issue 13 §3);
 3. `results.json`, `fvd/<method>.npy` and `report.md` (`evaluation.report`).
 """
 
@@ -54,7 +55,7 @@ def evaluate_relation(
     prompts = eval_prompts(relation, config)
     loras = {method.slug: resolve_lora(method, relation, relation_lora) for method in config.methods}
     ensure_tiny_eval_models(config)
-    check_metric_inputs(config)
+    check_metric_inputs(config, prompts)
     jobs = plan_videos(config.methods, prompts, config.seeds)
 
     started = time.perf_counter()

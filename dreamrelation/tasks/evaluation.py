@@ -17,6 +17,8 @@ from dreamrelation.data.relations import get_relation, load_relation_table
 from dreamrelation.data.store import ArtifactStore, fetch_local, fingerprint
 from dreamrelation.data.video import read_video
 from dreamrelation.evaluation.report import (
+    JUDGE_ONLY_METRICS,
+    METRIC_LABELS,
     REPORT_FILE,
     RESULTS_FILE,
     headline,
@@ -56,7 +58,8 @@ def _read_text(uri: str) -> str:
 
 
 def metric_rows(methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table-artifact rows: one per method, metrics at 4 significant figures, FVD among the first columns."""
+    """Table-artifact rows: one per method, metrics at 4 significant figures, FVD among the first columns;
+    the toy judge's subject fidelity and appearance leakage after relation accuracy where present."""
     rows = []
     for m in methods:
         ra = m["relation_accuracy"]
@@ -66,6 +69,7 @@ def metric_rows(methods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "method": m["name"],
             "relation accuracy": accuracy,
+            **{METRIC_LABELS[k].lower(): format_sig(m[k].get("value")) for k in JUDGE_ONLY_METRICS if m.get(k)},
             "CLIP-T": format_sig(m["clip_t"].get("value")),
             "temporal consistency": format_sig(m["temporal_consistency"].get("value")),
             "FVD": format_sig(m["fvd"].get("value")),
