@@ -10,6 +10,7 @@ other fields.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.captions import CaptionConfig
-from dreamrelation.data.masks import MaskConfig
-from dreamrelation.data.relations import describe_yaml_error
+from dreamrelation.data.folder import list_folder_dataset
+from dreamrelation.data.masks import SKELETON_BACKENDS, MaskConfig
+from dreamrelation.data.relations import Relation, describe_yaml_error, load_relation_table
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
@@ -27,6 +29,7 @@ from dreamrelation.evaluation.config import EvalConfig, StudyConfig
 from dreamrelation.model.config import BaseModelConfig, PretrainConfig, TrainConfig
 from dreamrelation.stages.latents import LatentConfig
 
+log = logging.getLogger("dreamrelation.config")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_RELATIONS = ["A058", "A055", "A112"]
 DEMO_DATASET = ".dreamrelation/demo/ntu"
@@ -70,9 +73,24 @@ class PipelineConfig(StrictConfig):
     )
 
     @model_validator(mode="after")
+    def _masks_fit_the_source(self) -> PipelineConfig:
+        """Skeleton backends need NTU skeletons; provided masks exist only in folder datasets."""
+        if self.select.source == "folder" and self.masks.backend in SKELETON_BACKENDS:
+            raise ValueError(
+                f"masks.backend={self.masks.backend} needs NTU .skeleton files, which a folder dataset "
+                "(select.source=folder) does not have: use masks.backend=provided (your own masks) or grounded-sam2"
+            )
+        if self.select.source == "ntu" and self.masks.backend == "provided":
+            raise ValueError("masks.backend=provided reads <clip>.masks.npz beside folder-dataset videos: "
+                             "set select.source=folder, or use a skeleton or grounded-sam2 backend for NTU")
+        if self.select.source == "folder" and self.synthetic is not None:
+            raise ValueError("synthetic generates an NTU-format dataset: set synthetic=null with select.source=folder")
+        return self
+
+    @model_validator(mode="after")
     def _real_runs_need_real_mask_models(self) -> PipelineConfig:
         """Tiny random segmenters are for the demo only: a real run must name its model folders."""
-        if self.model.profile != "demo" and self.masks.backend != "skeleton-box":
+        if self.model.profile != "demo" and self.masks.backend not in ("skeleton-box", "provided"):
             missing = ["masks.segmenter_dir"] if self.masks.segmenter_dir is None else []
             if self.masks.backend == "grounded-sam2" and self.masks.detector_dir is None:
                 missing.append("masks.detector_dir")
@@ -82,6 +100,21 @@ class PipelineConfig(StrictConfig):
                     f"{' and '.join(missing)} (local transformers checkpoints), or masks.backend=skeleton-box"
                 )
         return self
+
+
+def relation_table(config: PipelineConfig) -> dict[str, Relation]:
+    """The relations `config` can run, updated by its relations_file.
+
+    NTU source: the 26 two-person actions. Folder source: one relation per folder of videos under
+    select.dataset_root (id: the folder name's slug; caption template: its relations_file row, if any).
+    """
+    if config.select.source == "ntu":
+        return load_relation_table(config.relations_file)
+    listing = list_folder_dataset(config.select.dataset_root)
+    for folder, reason in listing.invalid.items():
+        log.warning("dataset folder %r is not used: %s", folder, reason)
+    folders = {r.id: Relation(r.id, r.name, "") for r in listing.relations.values()}
+    return load_relation_table(config.relations_file, base=folders)
 
 
 def paper_defaults() -> dict[str, Any]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dreamrelation.config import PipelineConfig, ToyConfig
+from dreamrelation.config import PipelineConfig, ToyConfig, relation_table
+from dreamrelation.data.folder import folder_digest
 from dreamrelation.data.ntu import normalize_relation_id
+from dreamrelation.data.relations import Relation
 from dreamrelation.data.store import fingerprint
 
 STAGES = ("select_clips", "write_captions", "encode_latents", "make_masks", "train_relation", "evaluate")
@@ -51,9 +53,16 @@ def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtif
         return StageArtifact(name, relation, fps[name], f"{base}/{key.format(fp=fps[name])}")
 
     select_cfg = {"select": config.select, "video": config.video, "synthetic": config.synthetic}
-    plan = {"select_clips": stage("select_clips", select_cfg, [], "manifest-{fp}.json")}
+    # Data the config only names are inputs too. A folder dataset's files and sidecar texts: editing
+    # a caption re-selects and re-captions. A relations_file's caption (template) of this relation.
+    data, caption = [], []
+    if config.select.source == "folder" or config.relations_file is not None:
+        caption = [relation_table(config).get(relation, Relation(relation, relation, "")).caption]
+    if config.select.source == "folder":
+        data = [folder_digest(config.select.dataset_root, relation), *caption]
+    plan = {"select_clips": stage("select_clips", select_cfg, data, "manifest-{fp}.json")}
     plan["write_captions"] = stage(
-        "write_captions", config.captions, [fps["select_clips"]], "captions-{fp}"
+        "write_captions", config.captions, [fps["select_clips"], *caption], "captions-{fp}"
     )
     plan["encode_latents"] = stage(
         "encode_latents",

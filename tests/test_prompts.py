@@ -13,6 +13,7 @@ from dreamrelation.data.prompts import (
     default_eval_prompts_path,
     load_eval_prompts,
     parse_eval_prompts,
+    prompts_for,
 )
 from dreamrelation.data.relations import NTU_MUTUAL_RELATIONS
 
@@ -80,7 +81,7 @@ def test_int_ids_from_yaml_are_normalized() -> None:
         ({"relations": {"A058": ["A dog."]}, "extra": 1}, "unknown top-level key"),
         ({"version": 2, "relations": {"A058": ["A dog."]}}, "unsupported version"),
         ({True: ["A dog."]}, "must be a string like 'A058'"),
-        ({"A 58": ["A dog."]}, "without spaces"),
+        ({"握手": ["A dog."]}, "no ASCII letter or digit"),
     ],
 )
 def test_invalid_prompt_data_is_rejected_with_a_clear_error(data: object, message: str) -> None:
@@ -91,10 +92,10 @@ def test_invalid_prompt_data_is_rejected_with_a_clear_error(data: object, messag
 def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(PromptFileError, match="does not exist"):
         load_eval_prompts(tmp_path / "missing.yaml")
-    txt = tmp_path / "prompts.txt"
-    txt.write_text("A dog is shaking hands with a cat.\n")
-    with pytest.raises(PromptFileError, match="unknown format '.txt'"):
-        load_eval_prompts(txt)
+    other = tmp_path / "prompts.md"
+    other.write_text("A dog is shaking hands with a cat.\n")
+    with pytest.raises(PromptFileError, match="unknown format '.md'"):
+        load_eval_prompts(other)
     broken = tmp_path / "broken.yaml"
     broken.write_text("A058: [unclosed\n")
     with pytest.raises(PromptFileError, match="cannot be parsed"):
@@ -103,3 +104,30 @@ def test_file_level_errors(tmp_path: Path) -> None:
     bad_json.write_text("{")
     with pytest.raises(PromptFileError, match="cannot be parsed"):
         load_eval_prompts(bad_json)
+
+
+def test_txt_and_csv_prompt_files_for_relations_of_your_own(tmp_path: Path) -> None:
+    """Issue 12: one prompt a line (every relation), or CSV rows per relation (folder names slugged)."""
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("A bear is fist-bumping a raccoon.\n\n  A cat is fist-bumping a dog.  \n")
+    table = load_eval_prompts(txt)
+    assert prompts_for(table, "fist_bump") == ["A bear is fist-bumping a raccoon.", "A cat is fist-bumping a dog."]
+    assert prompts_for(table, "A058") == prompts_for(table, "fist_bump")
+    per_relation = tmp_path / "prompts.csv"
+    per_relation.write_text('relation,prompt\nFist Bump,"A bear is fist-bumping a raccoon."\nhug,"A cat hugs a dog."\n'
+                            'Fist Bump,"A fox is fist-bumping an owl."\n')
+    table = load_eval_prompts(per_relation)
+    assert table == {"fist_bump": ["A bear is fist-bumping a raccoon.", "A fox is fist-bumping an owl."],
+                     "hug": ["A cat hugs a dog."]}
+    assert prompts_for(table, "wave") is None
+    only_prompts = tmp_path / "all.csv"
+    only_prompts.write_text("prompt\nA bear waves.\n")
+    assert prompts_for(load_eval_prompts(only_prompts), "wave") == ["A bear waves."]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("relation,text\nhug,A cat hugs a dog.\n")
+    with pytest.raises(PromptFileError, match="header must be relation,prompt or prompt"):
+        load_eval_prompts(bad)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("relation,prompt\nhug,\n")
+    with pytest.raises(PromptFileError, match="relation hug: prompt 0 must be a non-empty string"):
+        load_eval_prompts(empty)

@@ -33,6 +33,11 @@ class CaptionConfig(StrictConfig):
     link_mode: Literal["symlink", "copy"] = Field(
         "symlink", description="Put videos beside their .txt as symlinks (local roots only) or copies"
     )
+    subject_words: tuple[str, str] = Field(
+        ("person", "person"),
+        description="Words for {subject1} and {subject2} in a relation's caption template "
+        "(relations_file), e.g. [dog, child]",
+    )
 
 
 def load_clip_captions(path: str | Path) -> dict[str, str]:
@@ -52,10 +57,30 @@ def load_clip_captions(path: str | Path) -> dict[str, str]:
     return captions
 
 
-def caption_manifest(manifest: Manifest, relation: Relation, clip_captions: dict[str, str] | None = None) -> Manifest:
-    """A copy of the manifest with every clip captioned (per-clip caption, else the relation's)."""
+def fill_template(template: str, subject_words: tuple[str, str]) -> str:
+    """A relation's caption with `{subject1}` / `{subject2}` replaced by the subjects' words."""
+    return template.replace("{subject1}", subject_words[0]).replace("{subject2}", subject_words[1])
+
+
+def caption_manifest(
+    manifest: Manifest,
+    relation: Relation,
+    clip_captions: dict[str, str] | None = None,
+    subject_words: tuple[str, str] = ("person", "person"),
+) -> Manifest:
+    """A copy of the manifest with every clip captioned.
+
+    Each clip's caption is, first found: its row in `clip_captions` (captions_file), the caption
+    it was selected with (a folder dataset's `.txt` sidecar), the relation's caption (template).
+    """
     clip_captions = clip_captions or {}
-    clips = [c.model_copy(update={"caption": clip_captions.get(c.clip_id, relation.caption)}) for c in manifest.clips]
+    default = fill_template(relation.caption, subject_words)
+    clips = []
+    for clip in manifest.clips:
+        caption = clip_captions.get(clip.clip_id) or clip.caption or default
+        if not caption:
+            raise CaptionError(f"clip {clip.clip_id} has no caption and relation {relation.id} has no caption template")
+        clips.append(clip.model_copy(update={"caption": caption}))
     return manifest.model_copy(update={"clips": clips})
 
 

@@ -11,15 +11,21 @@ from pydantic import BaseModel, Field
 class ClipRecord(BaseModel):
     """One selected clip and the facts later stages need without reopening the dataset."""
 
-    clip_id: str = Field(description="NTU clip name, e.g. S001C002P003R001A058")
-    relation: str = Field(description="Relation id, e.g. A058")
+    clip_id: str = Field(description="NTU clip name (S001C002P003R001A058), or the video's file stem in a folder dataset")
+    relation: str = Field(description="Relation id, e.g. A058 or fist_bump")
     video: str = Field(description="Path or URL of the RGB video")
-    skeleton: str = Field(description="Path or URL of the .skeleton file")
+    skeleton: str | None = Field(default=None, description="Path or URL of the .skeleton file (NTU clips only)")
     frames: int = Field(description="Frames in the source video")
     fps: float = Field(description="Frame rate of the source video")
     width: int = Field(description="Source width in pixels")
     height: int = Field(description="Source height in pixels")
-    caption: str | None = Field(default=None, description="Training caption (set by write_captions)")
+    start_seconds: float = Field(default=0.0, ge=0, description="Where the clip's window starts in the source video")
+    masks: str | None = Field(
+        default=None, description="The user's <clip>.masks.npz or <clip>.masks/ (folder datasets; masks.backend=provided)"
+    )
+    caption: str | None = Field(
+        default=None, description="Training caption (the folder dataset's sidecar at selection; set by write_captions)"
+    )
 
 
 class DroppedClip(BaseModel):

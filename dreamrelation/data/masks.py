@@ -53,7 +53,9 @@ SUBJECTS = 2
 MASK_CHANNELS = ("S1", "S2", "R")
 FrameName = TypeVar("FrameName", str, Path)
 
-MaskBackend = Literal["grounded-sam2", "skeleton-sam2", "skeleton-box"]
+MaskBackend = Literal["grounded-sam2", "skeleton-sam2", "skeleton-box", "provided"]
+#: Backends that need the NTU .skeleton files (not available for folder datasets).
+SKELETON_BACKENDS = ("skeleton-sam2", "skeleton-box")
 
 
 class NotEnoughSubjects(ValueError):
@@ -73,7 +75,8 @@ class MaskConfig(StrictConfig):
         description=(
             "grounded-sam2: Grounding DINO boxes on the first frame + SAM2 video propagation; "
             "skeleton-sam2: NTU skeleton boxes as SAM2 prompts; "
-            "skeleton-box: skeleton boxes rasterised as masks (no neural network)"
+            "skeleton-box: skeleton boxes rasterised as masks (no neural network); "
+            "provided: your own <clip>.masks.npz or <clip>.masks/ beside each video (folder datasets)"
         ),
     )
     text_prompt: str = Field("person", description="Grounding DINO text prompt for a subject")
@@ -189,9 +192,9 @@ def subject_bodies(skeleton: SkeletonSequence, min_joints: int = 3) -> list[int]
     return ranked[:SUBJECTS]
 
 
-def clip_frame_indices(num_source: int, src_fps: float, video: VideoConfig) -> np.ndarray:
-    """Source frame index of each training frame (resample to video.fps, first N frames)."""
-    index = resample_indices(num_source, src_fps, video.fps)
+def clip_frame_indices(num_source: int, src_fps: float, video: VideoConfig, start: float = 0.0) -> np.ndarray:
+    """Source frame index of each training frame (resample to video.fps, first N frames from `start` s)."""
+    index = resample_indices(num_source, src_fps, video.fps, start)
     if len(index) < video.num_frames:
         raise VideoError(
             f"{num_source} frames at {src_fps:g} fps give {len(index)} frames at {video.fps:g} fps, "
@@ -299,15 +302,15 @@ def relation_mask(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
 
 
 # -- pixel -> latent -----------------------------------------------------------------------------
-def preprocess_masks(masks: np.ndarray, src_fps: float, video: VideoConfig) -> np.ndarray:
+def preprocess_masks(masks: np.ndarray, src_fps: float, video: VideoConfig, start: float = 0.0) -> np.ndarray:
     """Source-resolution masks (T, K, H0, W0) bool -> training geometry (N, K, H, W) bool.
 
-    The video's preprocessing (METHOD.md §1): resample to video.fps, first N frames, centre
-    crop, nearest resize. Bit-identical to `preprocess_frames(..., nearest=True)` per subject, but
+    The video's preprocessing (METHOD.md §1): resample to video.fps, first N frames from
+    `start` seconds, centre crop, nearest resize. Bit-identical to `preprocess_frames(..., nearest=True)` per subject, but
     resizes the selected crop views frame by frame instead of copying the whole clip first.
     """
     masks = np.asarray(masks, dtype=bool)
-    index = clip_frame_indices(len(masks), src_fps, video)
+    index = clip_frame_indices(len(masks), src_fps, video, start)
     top, left, crop_h, crop_w = crop_box(masks.shape[2], masks.shape[3], video.aspect)
     source = masks.view(np.uint8)
     out = np.empty((len(index), masks.shape[1], video.height, video.width), dtype=np.uint8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 _NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
@@ -81,10 +82,36 @@ def misnamed_clip_relation(file_name: str) -> str | None:
     return f"A{int(match.group(1)):03d}" if match else None
 
 
+class RelationNameError(ValueError):
+    """A relation name that cannot be made into a valid relation id (artifact and Prefect keys)."""
+
+
+#: Longest relation slug (it is part of artifact paths and Prefect artifact keys).
+MAX_SLUG_LENGTH = 64
+
+
+def relation_slug(name: str) -> str:
+    """A user relation's id from its name: 'Fist Bump' -> 'fist_bump', 'Händeschütteln' -> 'handeschutteln'.
+
+    Accents are dropped (NFKD), letters lower-cased, every run of other characters becomes one
+    '_' (dashes are kept). A name with no ASCII letter or digit left raises RelationNameError.
+    """
+    ascii_text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9-]+", "_", ascii_text.lower()).strip("_-")
+    if not slug:
+        raise RelationNameError(
+            f"relation name {name!r} has no ASCII letter or digit to make an id from (ids name artifact "
+            "folders and Prefect keys); rename its folder, e.g. 'fist_bump'"
+        )
+    if len(slug) > MAX_SLUG_LENGTH:
+        raise RelationNameError(f"relation name {name!r} is too long for an id ({len(slug)} > {MAX_SLUG_LENGTH} characters)")
+    return slug
+
+
 def normalize_relation_id(value: str | int) -> str:
-    """'58', 58, 'a58', 'A058' -> 'A058'. Ids of user relations (not A + digits) pass unchanged."""
+    """'58', 58, 'a58', 'A058' -> 'A058'; any other name -> its slug ('Fist Bump' -> 'fist_bump')."""
     text = str(value).strip()
     digits = text[1:] if text[:1] in "aA" else text
     if digits.isdigit():
         return f"A{int(digits):03d}"
-    return text
+    return relation_slug(text)

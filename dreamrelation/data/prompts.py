@@ -10,12 +10,18 @@ Users can pass their own YAML or JSON file in either of two formats:
 
     A058: ["A dog is shaking hands with a cat.", ...]    # plain mapping
 
-Relation ids are normalized like everywhere else in the package ("58", "A58" -> "A058");
-ids of user relations that are not NTU numbers pass unchanged.
+or, for relations of your own (issue 12), a CSV with the columns `relation,prompt` (one prompt
+a row), a CSV with only a `prompt` column, or a `.txt` file with one prompt a line; the last
+two give the same prompts to every relation (key `ALL`).
+
+Relation ids are normalized like everywhere else in the package ("58", "A58" -> "A058";
+'Fist Bump' -> 'fist_bump').
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -23,9 +29,11 @@ from typing import Any
 
 import yaml
 
-from dreamrelation.data.ntu import normalize_relation_id
+from dreamrelation.data.ntu import RelationNameError, normalize_relation_id
 
-SUFFIXES = (".yaml", ".yml", ".json")
+SUFFIXES = (".yaml", ".yml", ".json", ".csv", ".txt")
+#: Key of prompts that apply to every relation (a .txt file, a CSV without a relation column).
+ALL = "*"
 _ENTRY_KEYS = frozenset({"name", "prompts"})
 _TOP_KEYS = frozenset({"version", "relations"})
 
@@ -48,11 +56,34 @@ def load_eval_prompts(path: str | Path | None = None) -> dict[str, list[str]]:
     if suffix not in SUFFIXES:
         raise PromptFileError(f"prompt file {file}: unknown format {suffix!r}; use one of {', '.join(SUFFIXES)}")
     text = file.read_text(encoding="utf-8")
+    if suffix == ".txt":
+        return {ALL: _prompts([line for line in text.splitlines() if line.strip()], f"{file}")}
+    if suffix == ".csv":
+        return _csv_prompts(text, str(file))
     try:
         data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise PromptFileError(f"prompt file {file} cannot be parsed: {error}") from error
     return parse_eval_prompts(data, source=str(file))
+
+
+def _csv_prompts(text: str, source: str) -> dict[str, list[str]]:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    columns = set(rows[0]) if rows else set()
+    if "prompt" not in columns or not columns <= {"relation", "prompt"}:
+        raise PromptFileError(f"{source}: the CSV header must be relation,prompt or prompt, got {sorted(columns)}")
+    grouped: dict[str, list[str]] = {}
+    for row in rows:
+        relation = _relation_id(row["relation"], source) if "relation" in columns else ALL
+        grouped.setdefault(relation, []).append(row["prompt"])
+    if not grouped:
+        raise PromptFileError(f"{source}: the CSV has no prompts")
+    return {relation: _prompts(prompts, f"{source}: relation {relation}") for relation, prompts in grouped.items()}
+
+
+def prompts_for(table: dict[str, list[str]], relation: str) -> list[str] | None:
+    """The relation's prompts in a loaded table: its own, else the every-relation ones, else None."""
+    return table.get(relation, table.get(ALL))
 
 
 def parse_eval_prompts(data: Any, source: str = "<data>") -> dict[str, list[str]]:
@@ -82,10 +113,10 @@ def parse_eval_prompts(data: Any, source: str = "<data>") -> dict[str, list[str]
 def _relation_id(raw: Any, source: str) -> str:
     if isinstance(raw, bool) or not isinstance(raw, str | int):
         raise PromptFileError(f"{source}: relation id {raw!r} must be a string like 'A058'")
-    relation = normalize_relation_id(raw)
-    if not relation or any(ch.isspace() for ch in relation):
-        raise PromptFileError(f"{source}: relation id {raw!r} must be non-empty without spaces")
-    return relation
+    try:
+        return normalize_relation_id(raw)
+    except RelationNameError as exc:
+        raise PromptFileError(f"{source}: {exc}") from None
 
 
 def _prompts(entry: Any, where: str) -> list[str]:

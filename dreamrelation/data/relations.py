@@ -97,13 +97,14 @@ def read_user_table(path: str | Path, what: str, error: type[ValueError]) -> Any
     raise error(f"{what} {path}: use a .yaml, .yml or .csv file")
 
 
-def load_relation_table(path: str | Path | None = None) -> dict[str, Relation]:
-    """The 26 NTU relations, updated with the rows of a user YAML/CSV file if given.
+def load_relation_table(path: str | Path | None = None, base: dict[str, Relation] | None = None) -> dict[str, Relation]:
+    """The 26 NTU relations (or `base`), updated with the rows of a user YAML/CSV file if given.
 
     YAML: a list of mappings, or a mapping id -> {name, caption}. CSV: header `id,name,caption`.
-    A row for an existing id overrides it; `name` may be omitted for overrides.
+    A row for an existing id overrides it; `name` may be omitted for overrides. A caption may
+    be a template with `{subject1}` and `{subject2}` (filled from captions.subject_words).
     """
-    table = dict(NTU_MUTUAL_RELATIONS)
+    table = dict(NTU_MUTUAL_RELATIONS if base is None else base)
     if path is None:
         return table
     data = read_user_table(path, "relation table", RelationError) or []
@@ -134,6 +135,12 @@ def get_relation(relation_id: str | int, table: dict[str, Relation] | None = Non
 
 def _unknown_relation_message(given: str | int, rel_id: str, table: dict[str, Relation]) -> str:
     """Why the id is unknown (a one-person NTU action?), the known relations, and how to add one."""
+    if not set(NTU_MUTUAL_RELATIONS) <= set(table):  # a folder dataset's table
+        known = "; ".join(f"{r.id} ({r.name})" for r in table.values()) or "none"
+        return (
+            f"unknown relation {given!r} (id {rel_id!r}). The dataset's relations (ids are the slugs of the folder "
+            f"names under select.dataset_root) are: {known}"
+        )
     is_ntu_action = rel_id[:1] == "A" and rel_id[1:].isdigit() and 1 <= int(rel_id[1:]) <= 120
     why = f": {rel_id} is a one-person NTU action; a relation needs two people" if is_ntu_action else ""
     mutual = "; ".join(f"{r.id} {r.name}" for r in NTU_MUTUAL_RELATIONS.values())

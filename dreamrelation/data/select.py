@@ -28,22 +28,33 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import fsspec
 from pydantic import Field
 
 from dreamrelation.configbase import StrictConfig
+from dreamrelation.data.folder import (
+    FolderClip,
+    FolderDatasetError,
+    FolderRelation,
+    SidecarError,
+    check_start,
+    list_folder_dataset,
+    read_sidecar,
+)
 from dreamrelation.data.listing import ClipFiles, DatasetRootError, Listing, list_dataset
 from dreamrelation.data.manifest import ClipRecord, DroppedClip, Manifest
 from dreamrelation.data.ntu import ClipName
-from dreamrelation.data.relations import Relation
+from dreamrelation.data.relations import Relation, read_user_table
 from dreamrelation.data.skeleton import SkeletonFormatError, parse_skeleton_bytes
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.data.video import VideoConfig, VideoError, probe_video, resample_indices
 
 log = logging.getLogger("dreamrelation.select")
+Candidate = TypeVar("Candidate")
 
 
 class SelectionError(ValueError):
@@ -53,9 +64,20 @@ class SelectionError(ValueError):
 class SelectConfig(StrictConfig):
     """Which clips of a relation to train on."""
 
+    source: Literal["ntu", "folder"] = Field(
+        "ntu",
+        description="ntu: an NTU RGB+D tree; folder: your own videos, <dataset_root>/<relation>/<clip>.mp4 with "
+        "optional <clip>.txt captions and <clip>.masks.npz masks (README: Your own videos)",
+    )
     dataset_root: str = Field(
         ".dreamrelation/demo/ntu",
-        description="NTU RGB+D root (local folder or fsspec URL) holding *_rgb.avi and *.skeleton files, searched recursively",
+        description="Dataset root (local folder or fsspec URL): an NTU RGB+D tree of *_rgb.avi and *.skeleton files "
+        "(searched recursively), or with source=folder one sub-folder of videos per relation",
+    )
+    windows_file: str | None = Field(
+        None,
+        description="Folder datasets: optional CSV with columns clip,start_seconds (clip as <relation folder>/<clip> "
+        "or <clip>) saying where each clip's window starts; overrides sidecar front matter; default: the first frames",
     )
     clips_per_relation: int = Field(20, ge=1, description="Clips to choose per relation (paper: 20-30)")
     seed: int = Field(0, description="Seed of the random choice among usable clips")
@@ -98,13 +120,14 @@ def _filter_reason(clip: ClipName, config: SelectConfig) -> str | None:
     return None
 
 
-def draw_order(clips: list[ClipFiles], seed: int, relation: str) -> list[ClipFiles]:
+def draw_order(clips: list[Candidate], seed: int, relation: str, name: Callable[[Candidate], str]) -> list[Candidate]:
     """The seeded random order candidates are checked in: by a hash of seed, relation and clip name."""
 
-    def key(files: ClipFiles) -> bytes:
-        return hashlib.blake2b(f"{seed}:{relation}:{files.clip}".encode(), digest_size=16).digest()
+    def key(clip: Candidate) -> tuple[bytes, str]:
+        text = name(clip)
+        return hashlib.blake2b(f"{seed}:{relation}:{text}".encode(), digest_size=16).digest(), text
 
-    return sorted(clips, key=lambda files: (key(files), str(files.clip)))
+    return sorted(clips, key=key)
 
 
 def _os_reason(exc: OSError) -> str:
@@ -267,18 +290,18 @@ class ClipChecks:
 
 
 def _walk(
-    order: list[ClipFiles],
+    order: list[Candidate],
     wanted: int,
     check_all: bool,
-    check: Any,
+    check: Callable[[Candidate], tuple[ClipRecord | None, str | None]],
     workers: int,
-) -> list[tuple[ClipFiles, ClipRecord | None, str | None]]:
+) -> list[tuple[Candidate, ClipRecord | None, str | None]]:
     """Check candidates in `order` until `wanted` are usable (or all, with check_all).
 
     Checks run in batches (`workers` threads); results are taken in `order` and cut after the
     `wanted`-th usable clip, so the outcome does not depend on the number of threads.
     """
-    outcomes: list[tuple[ClipFiles, ClipRecord | None, str | None]] = []
+    outcomes: list[tuple[Candidate, ClipRecord | None, str | None]] = []
     usable = position = 0
     pool = ThreadPoolExecutor(workers, thread_name_prefix="select") if workers > 1 else None
     try:
@@ -312,7 +335,21 @@ def select_clips(
     refresh: bool = False,
     workers: int | None = None,
 ) -> Manifest:
-    """Choose `clips_per_relation` usable clips of `relation`, deterministically for a seed.
+    """Choose `clips_per_relation` usable clips of `relation` from the configured source (ntu or folder)."""
+    if config.source == "folder":
+        return select_folder_clips(relation, config, video)
+    return select_ntu_clips(relation, config, video, store, refresh, workers)
+
+
+def select_ntu_clips(
+    relation: Relation,
+    config: SelectConfig,
+    video: VideoConfig,
+    store: ArtifactStore | None = None,
+    refresh: bool = False,
+    workers: int | None = None,
+) -> Manifest:
+    """Choose `clips_per_relation` usable NTU clips of `relation`, deterministically for a seed.
 
     `store` holds the listing and check caches (none without it); `refresh` lists the dataset
     again even if a cached listing is still trusted; `workers` overrides the number of checking
@@ -339,29 +376,44 @@ def select_clips(
         else:
             dropped.append(DroppedClip(clip_id=str(files.clip), reason=reason))
 
-    wanted = config.clips_per_relation
     checks = ClipChecks(listing, relation.id, store)
     workers = workers or (LOCAL_WORKERS if checks.local else URL_WORKERS)
     try:
         outcomes = _walk(
-            draw_order(eligible, config.seed, relation.id),
-            wanted,
+            draw_order(eligible, config.seed, relation.id, lambda files: str(files.clip)),
+            config.clips_per_relation,
             config.check_all,
             lambda files: clip_verdict(files, checks.facts(files), config, video),
             workers,
         )
     finally:
         checks.save()
-    usable = [record for _, record, _ in outcomes if record is not None]
-    for files, record, reason in outcomes:
-        if record is None:
-            dropped.append(DroppedClip(clip_id=str(files.clip), reason=reason or "unknown"))
-    unchecked = len(eligible) - len(outcomes)
     log.info(
         "relation %s: %d candidate(s), %d checked (%d from the check cache), %d not checked, %d usable",
-        relation.id, len(candidates), len(outcomes), checks.hits, unchecked, len(usable),
+        relation.id, len(candidates), len(outcomes), checks.hits, len(eligible) - len(outcomes),
+        sum(record is not None for _, record, _ in outcomes),
     )
+    checked = [(str(files.clip), record, reason) for files, record, reason in outcomes]
+    return build_manifest(relation, config, checked, dropped, len(candidates), len(eligible))
+
+
+def build_manifest(
+    relation: Relation,
+    config: SelectConfig,
+    checked: list[tuple[str, ClipRecord | None, str | None]],
+    dropped: list[DroppedClip],
+    candidates: int,
+    eligible: int,
+) -> Manifest:
+    """The manifest from the checked candidates (in draw order): the first k usable ones are chosen.
+
+    Raises SelectionError when no clip is usable, or fewer than k with on_shortage=error.
+    """
+    usable = [record for _, record, _ in checked if record is not None]
+    dropped = dropped + [DroppedClip(clip_id=clip, reason=reason or "unknown") for clip, record, reason in checked
+                         if record is None]
     dropped.sort(key=lambda d: d.clip_id)
+    wanted = config.clips_per_relation
     if not usable or (len(usable) < wanted and config.on_shortage == "error"):
         reasons = "; ".join(f"{d.clip_id}: {d.reason}" for d in dropped[:5])
         more = f" (+{len(dropped) - 5} more)" if len(dropped) > 5 else ""
@@ -382,8 +434,103 @@ def select_clips(
         dropped=sorted(dropped, key=lambda d: d.clip_id),
         available=len(usable),
         check_all=config.check_all,
-        candidates=len(candidates),
-        checked=[str(files.clip) for files, _, _ in outcomes],
-        unchecked=unchecked,
+        candidates=candidates,
+        checked=[clip for clip, _, _ in checked],
+        unchecked=eligible - len(checked),
         config=config.model_dump(mode="json"),
     )
+
+
+# --------------------------------------------------------------------------- own-folder datasets (issue 12)
+
+
+def load_windows(path: str | None) -> dict[str, float]:
+    """`select.windows_file` rows: clip (`<relation folder>/<clip>` or `<clip>`) -> start_seconds."""
+    if path is None:
+        return {}
+    rows = read_user_table(path, "windows file", SelectionError)
+    if not path.lower().endswith(".csv") or not isinstance(rows, list):
+        raise SelectionError(f"windows file {path}: use a CSV file with the columns clip,start_seconds")
+    if rows and not {"clip", "start_seconds"} <= set(rows[0]):
+        raise SelectionError(f"windows file {path}: the CSV header must have the columns clip,start_seconds")
+    windows: dict[str, float] = {}
+    for number, row in enumerate(rows, start=2):
+        clip = (row["clip"] or "").strip()
+        try:
+            windows[clip] = check_start(row["start_seconds"], f"windows file {path}, line {number} ({clip})")
+        except SidecarError as exc:
+            raise SelectionError(str(exc)) from None
+    return windows
+
+
+def folder_clip_verdict(
+    clip: FolderClip,
+    relation: FolderRelation,
+    template: str,
+    windows: dict[str, float],
+    video: VideoConfig,
+) -> tuple[ClipRecord | None, str | None]:
+    """A folder clip's record, or why it is unusable: bad sidecar, no caption, unreadable or too short."""
+    try:
+        caption, front = read_sidecar(clip)
+    except (SidecarError, OSError, UnicodeDecodeError) as exc:
+        return None, f"unreadable caption sidecar: {exc}"
+    if not caption and not template:
+        return None, (
+            f"no caption: no {clip.clip_id}.txt beside the video and no caption template for relation "
+            f"{relation.id!r} in relations_file"
+        )
+    start = windows.get(f"{relation.name}/{clip.clip_id}", windows.get(clip.clip_id, front.get("start_seconds", 0.0)))
+    try:
+        if "://" in clip.video:
+            with fsspec.open(clip.video, "rb", block_size=2**18) as handle:
+                info = probe_video(handle, name=clip.video)
+        else:
+            info = probe_video(clip.video)
+    except (VideoError, OSError) as exc:
+        return None, f"unreadable video: {exc}"
+    usable = len(resample_indices(info.frames, info.fps, video.fps, start))
+    if usable < video.num_frames:
+        after = f" after start_seconds {start:g}" if start else ""
+        return None, (
+            f"too short: {info.frames} frames at {info.fps:g} fps give {usable} frames at {video.fps:g} fps{after}, "
+            f"{video.num_frames} needed"
+        )
+    record = ClipRecord(
+        clip_id=clip.clip_id, relation=relation.id, video=clip.video, frames=info.frames, fps=info.fps,
+        width=info.width, height=info.height, start_seconds=start, masks=clip.masks, caption=caption or None,
+    )
+    return record, None
+
+
+def select_folder_clips(relation: Relation, config: SelectConfig, video: VideoConfig) -> Manifest:
+    """Choose `clips_per_relation` usable clips from `<dataset_root>/<relation folder>/` (issue 12).
+
+    The same seeded order, lazy checking and shortage rules as NTU selection. A clip's record
+    carries its sidecar caption (None without one: write_captions fills the relation's caption
+    template), its window start and its user masks file.
+    """
+    try:
+        listing = list_folder_dataset(config.dataset_root)
+    except FolderDatasetError as exc:
+        raise SelectionError(str(exc)) from None
+    folder = listing.relations.get(relation.id)
+    if folder is None:
+        known = ", ".join(f"{r.id} ({r.name})" for r in listing.relations.values()) or "none"
+        raise SelectionError(
+            f"dataset root {config.dataset_root} has no folder of videos for relation {relation.id!r}; "
+            f"relations found: {known}"
+        )
+    windows = load_windows(config.windows_file)
+    dropped = [DroppedClip(clip_id=name, reason=reason) for name, reason in folder.ignored.items()]
+    outcomes = _walk(
+        draw_order(folder.clips, config.seed, relation.id, lambda clip: clip.clip_id),
+        config.clips_per_relation,
+        config.check_all,
+        lambda clip: folder_clip_verdict(clip, folder, relation.caption, windows, video),
+        LOCAL_WORKERS if "://" not in config.dataset_root else URL_WORKERS,
+    )
+    log.info("relation %s: %d clip(s) in %s, %d checked, %d usable", relation.id, len(folder.clips), folder.path,
+             len(outcomes), sum(record is not None for _, record, _ in outcomes))
+    checked = [(clip.clip_id, record, reason) for clip, record, reason in outcomes]
+    return build_manifest(relation, config, checked, dropped, len(folder.clips), len(folder.clips))

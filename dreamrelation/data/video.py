@@ -115,7 +115,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
-    """Write RGB uint8 frames (T, H, W, 3): H.264 for .mp4, Motion-JPEG for .avi.
+    """Write RGB uint8 frames (T, H, W, 3): H.264 for .mp4/.mov/.mkv, Motion-JPEG for .avi, VP9 for .webm.
 
     The file is written under a temporary name and renamed, so a crash never leaves a
     truncated video under the final name.
@@ -126,10 +126,13 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
         raise ValueError(f"write_video expects uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     codec, pix_fmt, options = {
         ".mp4": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
+        ".mov": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
+        ".mkv": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
         ".avi": ("mjpeg", "yuvj420p", {}),
+        ".webm": ("libvpx-vp9", "yuv420p", {"crf": "20", "b": "0", "deadline": "realtime"}),
     }.get(path.suffix.lower(), (None, None, None))
     if codec is None:
-        raise ValueError(f"unsupported video extension {path.suffix!r} for {path} (use .mp4 or .avi)")
+        raise ValueError(f"unsupported video extension {path.suffix!r} for {path} (use .mp4, .mov, .mkv, .avi or .webm)")
     height, width = frames.shape[1:3]
     if codec == "libx264" and (height % 2 or width % 2):
         raise ValueError(f"H.264 needs even frame sizes, got {width}x{height} for {path}")
@@ -155,11 +158,15 @@ def crop_box(height: int, width: int, aspect: float) -> tuple[int, int, int, int
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
-    """Source frame index for each output frame when converting src_fps to dst_fps (nearest earlier)."""
-    duration = num_frames / src_fps
-    count = int(np.floor(duration * dst_fps + 1e-6))
-    return np.minimum(np.floor(np.arange(count) * src_fps / dst_fps + 1e-6).astype(int), num_frames - 1)
+def resample_indices(num_frames: int, src_fps: float, dst_fps: float, start: float = 0.0) -> np.ndarray:
+    """Source frame index for each output frame when converting src_fps to dst_fps (nearest earlier).
+
+    Output frame k shows the source at `start + k / dst_fps` seconds; frames before `start` are skipped.
+    """
+    duration = num_frames / src_fps - start
+    count = max(int(np.floor(duration * dst_fps + 1e-6)), 0)
+    times = start * src_fps + np.arange(count) * src_fps / dst_fps
+    return np.minimum(np.floor(times + 1e-6).astype(int), num_frames - 1)
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
@@ -178,18 +185,18 @@ def preprocess_frames(
     aspect: float = 848 / 480,
     nearest: bool = False,
     name: str = "clip",
+    start: float = 0.0,
 ) -> np.ndarray:
-    """Resample to `fps`, keep the first `num_frames`, centre-crop to `aspect`, resize.
+    """Resample to `fps`, keep the first `num_frames` from `start` seconds, centre-crop to `aspect`, resize.
 
     Works on RGB frames (T, H, W, 3) and on masks (T, H, W) or (T, H, W, K) alike, so masks
     follow their video exactly; pass nearest=True for label masks.
     """
     latent_frames(num_frames)  # validates 6k+1
-    index = resample_indices(len(frames), src_fps, fps)
+    index = resample_indices(len(frames), src_fps, fps, start)
     if len(index) < num_frames:
-        raise VideoError(
-            f"{name} is too short: {len(index)} frames at {fps:g} fps, {num_frames} needed"
-        )
+        after = f" after {start:g} s" if start else ""
+        raise VideoError(f"{name} is too short: {len(index)} frames at {fps:g} fps{after}, {num_frames} needed")
     frames = frames[index[:num_frames]]
     top, left, crop_h, crop_w = crop_box(frames.shape[1], frames.shape[2], aspect)
     frames = frames[:, top : top + crop_h, left : left + crop_w]
@@ -203,11 +210,12 @@ def load_clip(
     width: int,
     fps: float = 30.0,
     aspect: float = 848 / 480,
+    start: float = 0.0,
 ) -> np.ndarray:
-    """Decode and preprocess one clip to uint8 (num_frames, height, width, 3)."""
+    """Decode and preprocess one clip to uint8 (num_frames, height, width, 3), its window from `start` seconds."""
     frames, src_fps = read_video(path)
     warn_if_crop_discards_most(str(path), frames.shape[1], frames.shape[2], aspect)
-    return preprocess_frames(frames, src_fps, num_frames, height, width, fps, aspect, name=str(path))
+    return preprocess_frames(frames, src_fps, num_frames, height, width, fps, aspect, name=str(path), start=start)
 
 
 def warn_if_crop_discards_most(name: str, height: int, width: int, aspect: float) -> float:

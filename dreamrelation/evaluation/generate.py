@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dreamrelation.data.prompts import load_eval_prompts
+from dreamrelation.data.prompts import load_eval_prompts, prompts_for
 from dreamrelation.data.video import write_video
 from dreamrelation.evaluation.config import EvalConfig, EvalMethod, EvaluationError
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
@@ -58,13 +58,14 @@ def video_name(prompt_index: int, seed: int) -> str:
 def eval_prompts(relation: str, config: EvalConfig) -> list[str]:
     """The relation's evaluation prompts (the first `prompts_per_relation` of them)."""
     table = load_eval_prompts(config.prompts_path)
-    if relation not in table:
+    prompts = prompts_for(table, relation)
+    if prompts is None:
         source = config.prompts_path or "the shipped prompt set"
         raise EvaluationError(
             f"no evaluation prompts for relation {relation} in {source} (it has {', '.join(sorted(table))}); "
-            "give a prompt file with evaluate.prompts_path"
+            "give a prompt file with evaluate.prompts_path (YAML/JSON per relation, CSV relation,prompt, or a .txt "
+            "with one prompt a line)"
         )
-    prompts = table[relation]
     return prompts[: config.prompts_per_relation] if config.prompts_per_relation else prompts
 
 

@@ -21,8 +21,16 @@ from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-from dreamrelation.config import DEMO_RELATIONS, PipelineConfig, ToyConfig, load_config, load_toy_config  # noqa: E402
-from dreamrelation.data.relations import get_relation, load_relation_table  # noqa: E402
+from dreamrelation.config import (  # noqa: E402
+    DEMO_RELATIONS,
+    PipelineConfig,
+    ToyConfig,
+    load_config,
+    load_toy_config,
+    relation_table,
+)
+from dreamrelation.data.own_folder_demo import DemoFolderError, export_own_folder_demo  # noqa: E402
+from dreamrelation.data.relations import get_relation  # noqa: E402
 from dreamrelation.data.store import ArtifactStore, fetch_local  # noqa: E402
 from dreamrelation.flows.server_guard import guard_children  # noqa: E402
 from dreamrelation.plan import STAGES, plan_relation  # noqa: E402
@@ -34,6 +42,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+#: Where `demo --own-folder` exports its folder dataset (the own-folder preset reads it from there).
+OWN_FOLDER_DEMO = ".dreamrelation/demo/own-folder"
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (demo, mochi-1) or YAML file; default: demo")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value: key.path=value (repeatable)")]
 RelationOpt = Annotated[str, typer.Option("--relation", "-r", help="Relation id, e.g. A058 (handshaking)")]
@@ -44,7 +54,7 @@ def _config(config: str | None, overrides: list[str] | None, relations: list[str
     """Load and validate the config (and relation ids) before any flow or server starts."""
     try:
         cfg = load_config(config, overrides) if (config or overrides) else PipelineConfig()
-        table = load_relation_table(cfg.relations_file)
+        table = relation_table(cfg)
         for relation in relations or []:
             get_relation(relation, table)
     except ValueError as exc:
@@ -104,19 +114,38 @@ def _guard(fn, *args, **kwargs):
 
 @app.command()
 def demo(
-    relations: Annotated[str, typer.Option(help="Comma-separated relation ids")] = ",".join(DEMO_RELATIONS),
+    relations: Annotated[
+        Optional[str], typer.Option(help="Comma-separated relation ids (default: the demo's, or every folder)")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
+    own_folder: Annotated[
+        bool,
+        typer.Option("--own-folder", help="Export toy-world clips as a plain folder of videos (captions, masks) "
+                     f"to {OWN_FOLDER_DEMO} and run the pipeline on it (preset own-folder)"),
+    ] = False,
 ) -> None:
     """Run the whole DAG on the synthetic NTU-format dataset with tiny models (CPU, offline)."""
     from dreamrelation.flows.pipeline import demo_flow  # deferred: fast --help
 
-    chosen = [r.strip() for r in relations.split(",") if r.strip()]
+    if own_folder:
+        if config is not None:
+            typer.secho("error: --own-folder uses the own-folder preset; change it with -s", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        config = "own-folder"
+        try:
+            typer.echo(f"own-folder demo dataset: {export_own_folder_demo(OWN_FOLDER_DEMO)}")
+        except (DemoFolderError, OSError) as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+    chosen = [r.strip() for r in relations.split(",") if r.strip()] if relations else None
     cfg = _config(config, set_, chosen)
+    if chosen is None:
+        chosen = DEMO_RELATIONS if cfg.select.source == "ntu" else list(relation_table(cfg))
     results, report_uri = _guard(demo_flow, relations=chosen, config=cfg, force=force)
     _report([r for stage_results in results.values() for r in stage_results])
-    typer.echo(f"\nartifacts under {cfg.root}; synthetic dataset under {cfg.select.dataset_root}")
+    typer.echo(f"\nartifacts under {cfg.root}; dataset under {cfg.select.dataset_root}")
     typer.echo(f"evaluation report across relations: {report_uri}/report.md")
 
 
@@ -253,7 +282,7 @@ def serve(
 
 @app.command("fan-out")
 def fan_out(
-    relations: Annotated[str, typer.Option(help="Comma-separated relation ids, or 'all' (the 26 NTU two-person actions)")] = "all",
+    relations: Annotated[str, typer.Option(help="Comma-separated relation ids, or 'all' (the 26 NTU two-person actions, or every folder of a folder dataset)")] = "all",
     config: ConfigOpt = None,
     set_: SetOpt = None,
     stop_after: Annotated[Optional[str], typer.Option(help="Each pipeline stops after this stage")] = None,

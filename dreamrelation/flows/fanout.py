@@ -25,15 +25,16 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 
-from dreamrelation.config import PipelineConfig
+from dreamrelation.config import PipelineConfig, relation_table
 from dreamrelation.data.ntu import normalize_relation_id
-from dreamrelation.data.relations import NTU_MUTUAL_RELATIONS, get_relation, load_relation_table
+from dreamrelation.data.relations import get_relation
 from dreamrelation.plan import STAGES
 from dreamrelation.tasks.runs import PROJECT_TAG, fan_out_name, tag_flow_run
 from dreamrelation.tasks.summary import RelationRow, publish_fan_out_summary
 
 PIPELINE_DEPLOYMENT = "relation-pipeline/relation-pipeline"
-ALL_RELATIONS = list(NTU_MUTUAL_RELATIONS)
+#: The relations value meaning every relation of the config (the 26 NTU actions, or a folder dataset's folders).
+ALL_RELATIONS = ["all"]
 
 
 class FanOutError(RuntimeError):
@@ -118,13 +119,16 @@ def fan_out_flow(
     poll_seconds: float = 15.0,
     timeout_hours: float | None = None,
 ) -> list[RelationRunStatus]:
-    """Start one `deployment` run per relation (all 26 NTU two-person actions by default), wait, report.
+    """Start one `deployment` run per relation, wait, report.
+
+    `relations` ["all"] (default) means every relation of the config: the 26 NTU two-person actions,
+    or every relation folder of a folder dataset (select.source=folder).
 
     Each relation's run gets this flow's `config`, `force` and `stop_after`; which worker (GPU)
     runs it is up to the work pool. Fails if any relation's run does not complete.
     """
-    table = load_relation_table(config.relations_file)
-    relations = [normalize_relation_id(r) for r in relations]
+    table = relation_table(config)
+    relations = list(table) if relations == ALL_RELATIONS else [normalize_relation_id(r) for r in relations]
     for relation in relations:
         get_relation(relation, table)  # fail fast on an unknown id, before starting anything
     if len(set(relations)) != len(relations):

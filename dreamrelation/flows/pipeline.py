@@ -6,9 +6,9 @@ import time
 
 from prefect import flow, get_run_logger
 
-from dreamrelation.config import DEMO_RELATIONS, PipelineConfig
+from dreamrelation.config import DEMO_RELATIONS, PipelineConfig, relation_table
 from dreamrelation.data.ntu import normalize_relation_id
-from dreamrelation.data.relations import get_relation, load_relation_table
+from dreamrelation.data.relations import get_relation
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.flows.encode_latents import encode_latents_flow
 from dreamrelation.flows.evaluate import evaluate_flow, evaluation_report_flow
@@ -46,7 +46,7 @@ def relation_pipeline(
     reused, its duration, its subflow run and artifact, and the final metrics (also on failure).
     """
     relation = normalize_relation_id(relation)
-    info = get_relation(relation, load_relation_table(config.relations_file))  # fail fast on an unknown id
+    info = get_relation(relation, relation_table(config))  # fail fast on an unknown id
     ArtifactStore(config.root).check_writable()  # ... and on a root no stage could write
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")

@@ -329,6 +329,12 @@ def encode_video(vae: AutoencoderKLMochi, video: torch.Tensor) -> tuple[torch.Te
     return posterior.mean, posterior.logvar
 
 
+def overlong_captions(tokenizer: T5Tokenizer, captions: list[str], max_length: int = 256) -> dict[int, int]:
+    """Index -> T5 token count of the captions longer than `max_length` (encode_text truncates them)."""
+    counts = [len(ids) for ids in tokenizer(captions, add_special_tokens=True).input_ids] if captions else []
+    return {i: n for i, n in enumerate(counts) if n > max_length}
+
+
 @torch.no_grad()
 def encode_text(
     tokenizer: T5Tokenizer, text_encoder: T5EncoderModel, captions: list[str], max_length: int = 256

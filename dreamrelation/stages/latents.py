@@ -99,6 +99,7 @@ def encode_captions(
     from dreamrelation.model.mochi import (  # deferred: heavy
         encode_text,
         load_text_encoder,
+        overlong_captions,
         resolve_device,
         resolve_dtype,
     )
@@ -115,6 +116,10 @@ def encode_captions(
     group.create_array("empty_mask", data=empty_mask[0].cpu().numpy())
 
     todo = [(i, c) for i, c in enumerate(manifest.clips) if c.clip_id not in failures]
+    overlong = overlong_captions(tokenizer, [c.caption for _, c in todo], length)
+    for k, count in overlong.items():
+        log.warning("encode_latents: the caption of clip %s has %d T5 tokens; only the first %d are used",
+                    todo[k][1].clip_id, count, length)
     for start in range(0, len(todo), config.text_batch_size):
         batch = todo[start : start + config.text_batch_size]
         features, mask = encode_text(tokenizer, encoder, [c.caption for _, c in batch], length)
@@ -129,6 +134,7 @@ def encode_captions(
             "embed_dim": int(width),
             "clip_ids": [c.clip_id for c in manifest.clips],
             "captions": [c.caption for c in manifest.clips],
+            "truncated_captions": [todo[k][1].clip_id for k in overlong],
         }
     )
     del encoder
@@ -186,7 +192,7 @@ def encode_videos(
             continue
         try:
             frames = load_clip(fetch_local(clip.video), video.num_frames, video.height, video.width,
-                               video.fps, video.aspect)
+                               video.fps, video.aspect, clip.start_seconds)
         except Exception as exc:  # unreadable / too short: recorded, the stage goes on
             _fail(clip, failures, "reading the video", exc)
             continue

@@ -3,8 +3,9 @@
 Per clip: read the video (training geometry, `data.video.load_clip`) and, for the skeleton
 backends, the `.skeleton` file; find the two subjects with the configured backend
 (`grounded-sam2`: Grounding DINO + SAM2, `skeleton-sam2`: skeleton boxes + SAM2, `skeleton-box`:
-skeleton boxes rasterised, no network; models from `perception.segment`); order them
-left-to-right; then store packed pixel masks, latent masks (S1, S2, R after T_c averaging) and
+skeleton boxes rasterised, no network; models from `perception.segment`; `provided`: the user's
+own masks of a folder dataset, validated and preprocessed like the video); order them
+left-to-right (provided masks keep the user's order); then store packed pixel masks, latent masks (S1, S2, R after T_c averaging) and
 a preview PNG. The mask math is `data.masks`; the store layout is in docs/artifacts.md.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
+from dreamrelation.data.folder import MASKS_DIR, MASKS_NPZ, MaskFileError, read_user_masks
 from dreamrelation.data.manifest import ClipRecord, Manifest
 from dreamrelation.data.masks import (
     FORMAT_VERSION,
@@ -33,6 +35,7 @@ from dreamrelation.data.masks import (
     order_subjects,
     pack_masks,
     png_bytes,
+    preprocess_masks,
     preview_image,
     skeleton_box_masks,
     skeleton_track_boxes,
@@ -65,7 +68,7 @@ class SegmentationModels:
     @classmethod
     def load(cls, config: MaskConfig) -> SegmentationModels:
         """Load what `config.backend` needs from local folders (tiny demo models when unset)."""
-        if config.backend == "skeleton-box":
+        if config.backend in ("skeleton-box", "provided"):
             return cls()
         if config.detector_dir is None or config.segmenter_dir is None:
             log.warning("make_masks: detector/segmenter folder unset, using tiny RANDOM demo models")
@@ -84,10 +87,13 @@ def clip_masks(clip: ClipRecord, video: VideoConfig, config: MaskConfig, models:
     Raises NotEnoughSubjects when fewer than two subjects are found (the clip is skipped).
     """
     frames = load_clip(
-        fetch_local(clip.video), video.num_frames, video.height, video.width, video.fps, video.aspect
+        fetch_local(clip.video), video.num_frames, video.height, video.width, video.fps, video.aspect,
+        clip.start_seconds,
     )
     prompt_frame: int | None = None
-    if config.backend == "grounded-sam2":
+    if config.backend == "provided":  # the user's order is kept: subject 1 is the one they named first
+        masks, ids = provided_masks(clip, video), [1, 2]
+    elif config.backend == "grounded-sam2":
         prompt_frame, boxes = segment.find_two_people(
             models.detector, frames, config.text_prompt, config.box_threshold, config.text_threshold,
             config.detector_stride, config.detector_max_tries,
@@ -95,6 +101,8 @@ def clip_masks(clip: ClipRecord, video: VideoConfig, config: MaskConfig, models:
         masks = segment.propagate_boxes(models.segmenter, frames, prompt_frame, boxes, config.mask_threshold)
         ids = [1, 2]
     else:
+        if clip.skeleton is None:
+            raise ValueError(f"clip {clip.clip_id} has no .skeleton file for masks.backend={config.backend}")
         skeleton = read_skeleton(fetch_local(clip.skeleton))
         boxes, ids = skeleton_track_boxes(
             skeleton, clip.fps, clip.height, clip.width, video, config.box_padding, config.min_tracked_joints
@@ -104,7 +112,8 @@ def clip_masks(clip: ClipRecord, video: VideoConfig, config: MaskConfig, models:
         else:
             prompt_frame = segment.first_frame_with_boxes(boxes)
             masks = segment.propagate_boxes(models.segmenter, frames, prompt_frame, boxes[prompt_frame], config.mask_threshold)
-    masks, ids = order_subjects(masks, ids)
+    if config.backend != "provided":
+        masks, ids = order_subjects(masks, ids)
     presence = masks.any(axis=(2, 3)).mean(axis=0)
     for k, fraction in enumerate(presence):
         if fraction < config.min_presence:
@@ -112,6 +121,17 @@ def clip_masks(clip: ClipRecord, video: VideoConfig, config: MaskConfig, models:
                 f"subject {k + 1} has a mask in only {fraction:.0%} of frames (min_presence {config.min_presence:.0%})"
             )
     return ClipMasks(masks, [int(i) for i in ids], prompt_frame, frames)
+
+
+def provided_masks(clip: ClipRecord, video: VideoConfig) -> np.ndarray:
+    """The user's masks of a folder clip (validated against its video), in training geometry."""
+    if clip.masks is None:
+        raise MaskFileError(
+            f"clip {clip.clip_id}: no {clip.clip_id}{MASKS_NPZ} or {clip.clip_id}{MASKS_DIR}/ beside the video "
+            "(masks.backend=provided)"
+        )
+    masks = read_user_masks(clip.masks, clip.clip_id, clip.frames, clip.height, clip.width)
+    return preprocess_masks(masks, clip.fps, video, clip.start_seconds)
 
 
 def make_masks(

@@ -10,10 +10,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dreamrelation.config import PipelineConfig
+from dreamrelation.config import PipelineConfig, relation_table
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.previews import format_sig, frame_strip, image_data_uri
-from dreamrelation.data.relations import get_relation, load_relation_table
+from dreamrelation.data.relations import get_relation
 from dreamrelation.data.store import ArtifactStore, fetch_local, fingerprint
 from dreamrelation.data.video import read_video
 from dreamrelation.evaluation.report import (
@@ -150,7 +150,7 @@ def evaluate_task(relation: str, config: PipelineConfig, force: bool = False) ->
     store = ArtifactStore(config.root)
     plan = plan_relation(relation, config)
     train_uri = store.require(plan["train_relation"].key)
-    info = get_relation(relation, load_relation_table(config.relations_file))
+    info = get_relation(relation, relation_table(config))
 
     def build(location: str, summary: dict[str, Any]) -> None:
         lora = fetch_local(f"{train_uri}/{LORA_FILE}")

@@ -10,10 +10,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dreamrelation.config import DEMO_DATASET, PipelineConfig
+from dreamrelation.config import DEMO_DATASET, PipelineConfig, relation_table
 from dreamrelation.data.captions import MANIFEST_NAME, caption_manifest, load_clip_captions, write_sidecars
 from dreamrelation.data.manifest import read_manifest
-from dreamrelation.data.relations import get_relation, load_relation_table
+from dreamrelation.data.relations import get_relation
 from dreamrelation.data.select import select_clips
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.data.synthetic import generate_dataset
@@ -40,7 +40,7 @@ def generate_synthetic_task(config: PipelineConfig) -> str:
 def select_clips_task(relation: str, config: PipelineConfig, force: bool = False) -> StageResult:
     store = ArtifactStore(config.root)
     artifact = plan_relation(relation, config)["select_clips"]
-    table = load_relation_table(config.relations_file)
+    table = relation_table(config)
 
     def build(tmp: str, summary: dict[str, Any]) -> None:
         # the store caches the dataset listing and per-clip checks; force lists the dataset again
@@ -80,11 +80,13 @@ def write_captions_task(relation: str, config: PipelineConfig, force: bool = Fal
     store = ArtifactStore(config.root)
     plan = plan_relation(relation, config)
     manifest_uri = store.require(plan["select_clips"].key)
-    table = load_relation_table(config.relations_file)
+    table = relation_table(config)
 
     def build(tmp: str, summary: dict[str, Any]) -> None:
         clip_captions = load_clip_captions(config.captions.captions_file) if config.captions.captions_file else None
-        manifest = caption_manifest(read_manifest(manifest_uri), get_relation(relation, table), clip_captions)
+        manifest = caption_manifest(
+            read_manifest(manifest_uri), get_relation(relation, table), clip_captions, config.captions.subject_words
+        )
         write_sidecars(manifest, f"{tmp}/{relation}", config.captions.link_mode)
         with fsspec.open(f"{tmp}/{MANIFEST_NAME}", "w") as handle:
             handle.write(manifest.model_dump_json(indent=2))

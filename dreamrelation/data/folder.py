@@ -1,0 +1,275 @@
+"""Own-folder datasets (`select.source: folder`, issue 12): relation folders of plain videos.
+
+    <dataset_root>/<relation>/<clip>.<mp4|avi|mov|mkv|webm>   any size, fps and length
+    <dataset_root>/<relation>/<clip>.txt          optional caption, optional YAML front matter:
+                                                  ---
+                                                  start_seconds: 2.5
+                                                  ---
+                                                  Two people are fist-bumping.
+    <dataset_root>/<relation>/<clip>.masks.npz    optional masks: array `masks`, (T, 2, H, W) bool or
+                                                  uint8, subject 1 then subject 2, the video's own T, H, W
+    <dataset_root>/<relation>/<clip>.masks/       or one label PNG per frame: 0 background, the two
+                                                  other values subject 1 (smaller) and subject 2
+
+A relation's id is its folder name's slug (`data.ntu.relation_slug`: 'Fist Bump' -> 'fist_bump');
+a clip's id is its file stem. This module lists such a root (a local folder or an fsspec URL),
+parses sidecars and reads user masks; `data.select` chooses the clips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import yaml
+from PIL import Image
+
+from dreamrelation.data.masks import SUBJECTS, frame_number
+from dreamrelation.data.ntu import RelationNameError, relation_slug
+from dreamrelation.data.relations import describe_yaml_error
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+CAPTION_SUFFIX = ".txt"
+MASKS_NPZ = ".masks.npz"
+MASKS_DIR = ".masks"
+#: Keys a sidecar's front matter may set.
+FRONT_MATTER_KEYS = frozenset({"start_seconds"})
+
+
+class FolderDatasetError(ValueError):
+    """An own-folder dataset root that cannot be used (missing, empty, clashing relation names)."""
+
+
+class SidecarError(ValueError):
+    """A caption sidecar whose front matter cannot be read."""
+
+
+class MaskFileError(ValueError):
+    """A user mask file that does not fit its clip; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FolderClip:
+    """One video of a relation folder and the sidecars found beside it."""
+
+    clip_id: str  # the file stem
+    video: str  # path or URL
+    caption_file: str | None
+    masks: str | None  # <clip>.masks.npz or <clip>.masks/ (path or URL)
+
+
+@dataclass
+class FolderRelation:
+    """One relation folder: its id (slug), the folder's own name, its clips and the files left out."""
+
+    id: str
+    name: str
+    path: str
+    clips: list[FolderClip] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)  # file name -> why it is not a clip
+
+
+@dataclass
+class FolderListing:
+    """Relation folders of a root by id, and the folders whose names cannot become ids."""
+
+    root: str
+    relations: dict[str, FolderRelation]
+    invalid: dict[str, str]  # folder name -> reason
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _join(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A listed path as the user would give it again: plain for local files, a URL otherwise."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+
+
+def list_folder_dataset(root: str) -> FolderListing:
+    """Every `<root>/<relation>/` folder holding at least one video, with its clips' sidecars.
+
+    Raises FolderDatasetError when the root is missing or two folder names give the same id.
+    """
+    fs, base = fsspec.core.url_to_fs(root)
+    if not fs.isdir(base):
+        raise FolderDatasetError(f"dataset root {root} does not exist or is not a folder")
+    relations: dict[str, FolderRelation] = {}
+    invalid: dict[str, str] = {}
+    for entry in sorted(fs.ls(base, detail=True), key=lambda e: e["name"]):
+        folder = _name(entry["name"])
+        if entry["type"] != "directory" or folder.startswith("."):
+            continue
+        relation = _list_relation(fs, entry["name"], folder)
+        if not relation.clips:
+            continue
+        try:
+            relation.id = relation_slug(folder)
+        except RelationNameError as exc:
+            invalid[folder] = str(exc)
+            continue
+        if relation.id in relations:
+            raise FolderDatasetError(
+                f"dataset root {root}: folders {relations[relation.id].name!r} and {folder!r} both give the relation "
+                f"id {relation.id!r}; rename one of them"
+            )
+        relations[relation.id] = relation
+    return FolderListing(root, relations, invalid)
+
+
+def _list_relation(fs: fsspec.AbstractFileSystem, path: str, folder: str) -> FolderRelation:
+    entries = {_name(e["name"]): e for e in fs.ls(path, detail=True)}
+    relation = FolderRelation(id="", name=folder, path=_join(fs, path))
+    stems: dict[str, str] = {}
+    for name in sorted(entries):
+        suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if entries[name]["type"] == "directory" or suffix not in VIDEO_SUFFIXES or name.startswith("."):
+            continue
+        stem = name[: -len(suffix)]
+        if stem in stems:
+            relation.ignored[name] = f"another video has the same name: {stems[stem]}"
+            continue
+        stems[stem] = name
+        caption = f"{stem}{CAPTION_SUFFIX}"
+        masks = next((m for m in (f"{stem}{MASKS_NPZ}", f"{stem}{MASKS_DIR}") if m in entries), None)
+        relation.clips.append(
+            FolderClip(
+                clip_id=stem,
+                video=_join(fs, entries[name]["name"]),
+                caption_file=_join(fs, entries[caption]["name"]) if caption in entries else None,
+                masks=_join(fs, entries[masks]["name"]) if masks else None,
+            )
+        )
+    return relation
+
+
+def folder_digest(root: str, relation: str) -> str:
+    """A hash of what the relation's folder holds: every file's name and size, and the sidecar texts.
+
+    Part of the selection's fingerprint, so editing a caption (or replacing a video or masks
+    file) re-runs the stages that depend on it. An unknown relation hashes as empty.
+    """
+    fs, base = fsspec.core.url_to_fs(root)
+    listing = list_folder_dataset(root).relations.get(relation)
+    digest = hashlib.sha256()
+    if listing is None:
+        return digest.hexdigest()[:16]
+    for path, info in sorted(fs.find(fs._strip_protocol(listing.path), detail=True).items()):
+        digest.update(f"{path[len(base):]}\0{info.get('size')}\0".encode())
+        if path.endswith(CAPTION_SUFFIX):
+            digest.update(fs.cat_file(path))
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- sidecars
+
+
+def parse_sidecar(text: str, name: str) -> tuple[str, dict[str, float]]:
+    """A sidecar's caption (whitespace collapsed; '' if none) and its front matter.
+
+    Front matter is a YAML mapping between two '---' lines at the top; its only key is
+    `start_seconds` (where the clip's window starts, >= 0).
+    """
+    lines = text.lstrip("\ufeff").splitlines()
+    front: dict[str, float] = {}
+    if lines and lines[0].strip() == "---":
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+        if end is None:
+            raise SidecarError(f"{name}: the front matter opened with '---' is never closed by a '---' line")
+        try:
+            data = yaml.safe_load("\n".join(lines[1:end])) or {}
+        except yaml.YAMLError as exc:
+            raise SidecarError(f"{name}: front matter is not valid YAML: {describe_yaml_error(exc)}") from None
+        if not isinstance(data, dict):
+            raise SidecarError(f"{name}: front matter must be a mapping such as 'start_seconds: 2.5'")
+        unknown = sorted(set(data) - FRONT_MATTER_KEYS)
+        if unknown:
+            raise SidecarError(f"{name}: unknown front matter key(s) {unknown}; known: {sorted(FRONT_MATTER_KEYS)}")
+        if "start_seconds" in data:
+            front["start_seconds"] = check_start(data["start_seconds"], name)
+        lines = lines[end + 1 :]
+    return " ".join(" ".join(lines).split()), front
+
+
+def check_start(value: object, where: str) -> float:
+    """A window start in seconds: a number >= 0."""
+    try:
+        start = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SidecarError(f"{where}: start_seconds must be a number, got {value!r}") from None
+    if not start >= 0:
+        raise SidecarError(f"{where}: start_seconds must be >= 0, got {value!r}")
+    return start
+
+
+def read_sidecar(clip: FolderClip) -> tuple[str, dict[str, float]]:
+    """The clip's sidecar caption and front matter ('' and {} without a sidecar)."""
+    if clip.caption_file is None:
+        return "", {}
+    with fsspec.open(clip.caption_file, "r", encoding="utf-8") as handle:
+        return parse_sidecar(handle.read(), _name(clip.caption_file))
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def read_user_masks(location: str, clip_id: str, frames: int, height: int, width: int) -> np.ndarray:
+    """The user's masks of one clip as (T, 2, H, W) bool, validated against the video's T, H, W.
+
+    `location` is `<clip>.masks.npz` (array `masks`) or a `<clip>.masks/` folder of label PNGs,
+    one per frame (numbered in their names), whose two non-zero values are the subjects.
+    """
+    name = _name(location)
+    masks = _read_npz(location, name) if location.endswith(MASKS_NPZ) else _read_png_folder(location, name)
+    if masks.ndim != 4 or masks.shape[1] != SUBJECTS:
+        raise MaskFileError(
+            f"clip {clip_id}: {name} has masks of shape {masks.shape}; expected (T, 2, H, W) with subject 1 then 2"
+        )
+    if masks.shape[0] != frames:
+        raise MaskFileError(f"clip {clip_id}: {name} has {masks.shape[0]} frames of masks, the video has {frames}")
+    if masks.shape[2:] != (height, width):
+        raise MaskFileError(
+            f"clip {clip_id}: {name} masks are {masks.shape[3]}x{masks.shape[2]}, the video is {width}x{height} "
+            "(masks must be at the video's own resolution)"
+        )
+    return masks
+
+
+def _read_npz(location: str, name: str) -> np.ndarray:
+    try:
+        with fsspec.open(location, "rb") as handle, np.load(io.BytesIO(handle.read())) as data:
+            if "masks" not in data:
+                raise MaskFileError(f"{name} has no array named 'masks' (found: {', '.join(data.files) or 'none'})")
+            masks = data["masks"]
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, MaskFileError):
+            raise
+        raise MaskFileError(f"cannot read {name}: {exc}") from None
+    if masks.dtype != bool and masks.dtype != np.uint8:
+        raise MaskFileError(f"{name}: masks must be bool or uint8, got {masks.dtype}")
+    return masks.astype(bool)
+
+
+def _read_png_folder(location: str, name: str) -> np.ndarray:
+    fs, base = fsspec.core.url_to_fs(location)
+    files = [p for p in fs.ls(base, detail=False) if p.lower().endswith(".png")]
+    if not files:
+        raise MaskFileError(f"{name} holds no .png frames")
+    try:
+        files = sorted(files, key=frame_number)
+        labels = np.stack([np.asarray(Image.open(io.BytesIO(fs.cat_file(p)))) for p in files])
+    except (OSError, ValueError) as exc:
+        raise MaskFileError(f"{name}: cannot read the label frames: {exc}") from None
+    if labels.ndim != 3:
+        raise MaskFileError(f"{name}: label PNGs must be single-channel (one label value per pixel)")
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    if len(values) != SUBJECTS:
+        raise MaskFileError(
+            f"{name}: expected 2 subject labels besides 0 (background), found {len(values)}: {values[:10]}"
+        )
+    return np.stack([labels == values[0], labels == values[1]], axis=1)
