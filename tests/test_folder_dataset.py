@@ -318,3 +318,16 @@ def test_folder_dataset_end_to_end_through_the_pipeline(prefect_harness, demo_fo
     assert evaluation["relation"] == "push_away"
     assert [v["prompt"] for v in evaluation["methods"][0]["videos"]] == ["A bear is pushing a raccoon."]
     assert relation_pipeline(relation="push_away", config=config)[0].skipped  # same relation, same keys
+
+
+def test_captions_past_the_t5_limit_are_found() -> None:
+    from dreamrelation.model.mochi import overlong_captions, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    short, long = "A person is pushing a person.", " ".join(["a person pushing"] * 200)
+    counts = overlong_captions(tokenizer, [short, long, short], max_length=256)
+    assert list(counts) == [1] and counts[1] > 256
+    assert overlong_captions(tokenizer, [short], max_length=len(tokenizer(short).input_ids)) == {}
+    assert overlong_captions(tokenizer, [short], max_length=len(tokenizer(short).input_ids) - 1) == {
+        0: len(tokenizer(short).input_ids)
+    }
