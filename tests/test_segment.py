@@ -11,6 +11,9 @@ import zarr
 
 from dreamrelation.data.manifest import ClipRecord, Manifest
 from dreamrelation.data.masks import MASKS_STORE, MaskConfig, NotEnoughSubjects
+from dreamrelation.data.own_folder_demo import export_own_folder_demo
+from dreamrelation.data.relations import Relation
+from dreamrelation.data.select import SelectConfig, select_clips
 from dreamrelation.data.video import VideoConfig, probe_video
 from dreamrelation.perception import segment
 from dreamrelation.stages.masks import make_masks
@@ -116,3 +119,20 @@ def test_neural_backends_run_the_stage_end_to_end(tmp_path, synthetic_root, tiny
     assert record["prompt_frame"] is not None and len(record["subject_ids"]) == 2
     assert group["latent"].shape == (1, 2, 3, 6, 10) and group["pixel"].shape == (1, 7, 2, 48, 10)
     assert (tmp_path / record["preview"]).is_file()
+
+
+def test_grounded_sam2_masks_a_folder_clip_that_has_no_skeleton(tmp_path, tiny_models):
+    """Issue 12: the detector + SAM2 backend needs only the video, so it works on own-folder clips."""
+    videos = export_own_folder_demo(tmp_path / "own")
+    select = SelectConfig(source="folder", dataset_root=str(videos), clips_per_relation=1)
+    manifest = select_clips(Relation("push_away", "Push Away", ""), select, VIDEO)
+    assert manifest.clips[0].skeleton is None
+    config = MaskConfig(
+        backend="grounded-sam2", detector_dir=str(tiny_models[0]), segmenter_dir=str(tiny_models[1]),
+        box_threshold=0.0, text_threshold=0.0, mask_threshold=-1e4,
+    )
+    summary = make_masks(manifest, str(tmp_path / "masks"), VIDEO, config)
+    assert summary["ok"] == 1, summary["reasons"]
+    skeleton_config = MaskConfig(backend="skeleton-box")
+    failed = make_masks(manifest, str(tmp_path / "masks-skeleton"), VIDEO, skeleton_config)
+    assert failed["failed"] == 1 and "has no .skeleton file" in next(iter(failed["reasons"].values()))
