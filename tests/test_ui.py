@@ -224,3 +224,17 @@ def test_evaluation_tables_are_rounded_and_show_frame_strips(tmp_path):
         mime, data = decode_data_uri(uri)
         assert mime == "image/jpeg" and len(data) <= 16_000 and decode_image(data).shape[0] in (48, 96)  # noise: halved
     assert "1 more prompt(s) not shown" in text and "a / b" not in text
+
+
+def test_summaries_show_the_toy_judges_columns_when_a_method_has_them():
+    from dreamrelation.tasks.summary import metrics_markdown
+
+    vlm = {"DreamRelation": {"relation_accuracy": 0.5, "clip_t": 0.2, "temporal_consistency": 0.9, "fvd": None}}
+    assert "Subject fidelity" not in metrics_markdown(vlm)
+    judged = {"DreamRelation": {**vlm["DreamRelation"], "subject_fidelity": 0.0, "appearance_leakage": 0.25}}
+    text = metrics_markdown(judged, {"DreamRelation": 0.1})
+    assert text.splitlines()[0] == (
+        "| method | Relation accuracy ↑ | Subject fidelity ↑ | Appearance leakage ↓ | CLIP-T ↑ "
+        "| Temporal consistency ↑ | FVD ↓ |"
+    )
+    assert "| DreamRelation | 0.5 ± 0.1 | 0 | 0.25 | 0.2 | 0.9 | n/a |" in text  # a 0.0 fidelity is still shown

@@ -78,7 +78,7 @@ def reported_metrics(methods: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     """Table order of the metrics of `methods` (results' method entries or table rows): relation
     accuracy, the toy judge's subject fidelity and appearance leakage where any method has them, then
     CLIP-T, temporal consistency, FVD."""
-    judged = tuple(metric for metric in JUDGE_ONLY_METRICS if any(m.get(metric) for m in methods))
+    judged = tuple(metric for metric in JUDGE_ONLY_METRICS if any(m.get(metric) is not None for m in methods))
     return METRICS[:1] + judged + METRICS[1:]
 
 

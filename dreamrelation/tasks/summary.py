@@ -19,13 +19,14 @@ from prefect.utilities.urls import url_for
 from dreamrelation.config import PipelineConfig
 from dreamrelation.data.previews import format_seconds, format_sig
 from dreamrelation.data.store import ArtifactStore
-from dreamrelation.evaluation.report import METRIC_LABELS, METRICS
+from dreamrelation.evaluation.report import METRIC_LABELS, reported_metrics
 from dreamrelation.plan import STAGES, plan_relation
 from dreamrelation.tasks.runs import run_name
 from dreamrelation.tasks.ui import artifact_key, cell, in_prefect_run
 
 #: Better-is direction of each metric, shown in the column header.
-ARROWS = {"relation_accuracy": "↑", "clip_t": "↑", "temporal_consistency": "↑", "fvd": "↓"}
+ARROWS = {"relation_accuracy": "↑", "subject_fidelity": "↑", "appearance_leakage": "↓", "clip_t": "↑",
+          "temporal_consistency": "↑", "fvd": "↓"}
 
 
 @dataclass
@@ -64,11 +65,12 @@ def run_link(flow_run_id: UUID | str | None, name: str) -> str:
 
 def metrics_markdown(methods: Mapping[str, Mapping[str, Any]], stds: Mapping[str, Any] | None = None) -> str:
     """A markdown table, one row per method, metrics at 4 significant figures (`n/a` where not computed)."""
-    header = "| method | " + " | ".join(f"{METRIC_LABELS[m]} {ARROWS[m]}" for m in METRICS) + " |"
-    lines = [header, "|---" * (len(METRICS) + 1) + "|"]
+    shown = reported_metrics(list(methods.values()))  # + the toy judge's columns where present
+    header = "| method | " + " | ".join(f"{METRIC_LABELS[m]} {ARROWS[m]}" for m in shown) + " |"
+    lines = [header, "|---" * (len(shown) + 1) + "|"]
     for name, values in methods.items():
         cells = []
-        for metric in METRICS:
+        for metric in shown:
             text = format_sig(values.get(metric))
             std = (stds or {}).get(name) if metric == "relation_accuracy" else None
             if std is not None and text != "n/a":
@@ -152,20 +154,23 @@ def fan_out_summary_markdown(rows: Iterable[RelationRow], config: PipelineConfig
     """Per relation: state, duration, link to its pipeline run, stages complete, its first method's metrics."""
     rows = list(rows)
     done = sum(r.state == "Completed" for r in rows)
-    metric_heads = " | ".join(f"{METRIC_LABELS[m]} {ARROWS[m]}" for m in METRICS)
-    lines = [
-        f"### Fan-out: {done} of {len(rows)} relations completed",
-        "",
-        f"| relation | state | duration | pipeline run | stages complete | method | {metric_heads} | message |",
-        "|---" * (6 + len(METRICS) + 1) + "|",
-    ]
+    progress = []
     for row in rows:
         try:
             stages, methods = relation_progress(row.relation, config)
         except Exception as exc:  # noqa: BLE001 - an unreadable store must not hide the table
             stages, methods = f"unknown ({type(exc).__name__})", {}
-        method, values = next(iter(methods.items()), ("", {}))
-        metrics = " | ".join(format_sig(values.get(m), missing="") for m in METRICS)
+        progress.append((stages, *next(iter(methods.items()), ("", {}))))
+    shown = reported_metrics([values for _, _, values in progress])
+    metric_heads = " | ".join(f"{METRIC_LABELS[m]} {ARROWS[m]}" for m in shown)
+    lines = [
+        f"### Fan-out: {done} of {len(rows)} relations completed",
+        "",
+        f"| relation | state | duration | pipeline run | stages complete | method | {metric_heads} | message |",
+        "|---" * (6 + len(shown) + 1) + "|",
+    ]
+    for row, (stages, method, values) in zip(rows, progress):
+        metrics = " | ".join(format_sig(values.get(m), missing="") for m in shown)
         lines.append(
             f"| {row.relation} | **{row.state}** | {format_seconds(row.seconds)} | "
             f"{run_link(row.flow_run_id, row.flow_run_name)} | {stages} | {cell(method)} | {metrics} | {cell(row.message)} |"
