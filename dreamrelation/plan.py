@@ -25,7 +25,7 @@ CODE_VERSIONS = {
     "make_masks": "1",
     "train_relation": "1",
     "evaluate": "1",
-    "pretrain_base": "2",
+    "pretrain_base": "1",
     "study": "1",
 }
 #: The "relation" the toy-world stages report under (events, artifact keys).

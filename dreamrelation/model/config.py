@@ -242,9 +242,6 @@ class VaePretrainConfig(StrictConfig):
     crop_width: int = Field(default=48, ge=16, description="Crop width of the cropped steps (multiple of 16).")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate (cosine decay after 50 warmup steps).")
     kl_weight: float = Field(default=1e-6, ge=0, description="Weight of the KL term (keeps the posterior tame).")
-    foreground_weight: float = Field(
-        default=4.0, ge=0, description="Extra weight of the subjects' pixels in the reconstruction loss (1 + w * mask)."
-    )
     stats_clips: int = Field(default=48, ge=2, description="Held-out clips whose latents give latents_mean/std.")
     checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints.")
 
@@ -263,14 +260,11 @@ class DitPretrainConfig(StrictConfig):
     num_attention_heads: int = Field(default=4, ge=1, description="Attention heads.")
     attention_head_dim: int = Field(default=32, ge=2, description="Width of one head (even).")
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
-    steps: int = Field(default=3500, ge=0, description="Optimizer steps.")
+    steps: int = Field(default=2500, ge=0, description="Optimizer steps.")
     batch_size: int = Field(default=16, ge=1, description="Clips per step.")
     lr: float = Field(default=5e-4, gt=0, description="AdamW peak learning rate (warmup, then cosine).")
     warmup_steps: int = Field(default=100, ge=0, description="Linear warmup steps.")
     caption_dropout: float = Field(default=0.1, ge=0, le=1, description="Probability of the empty prompt (CFG).")
-    foreground_weight: float = Field(
-        default=4.0, ge=0, description="Extra weight of the subjects' latent cells in the flow loss (1 + w * mask)."
-    )
     checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
 
 

@@ -32,10 +32,8 @@ import torch
 from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from dreamrelation.data.masks import latent_masks
 from dreamrelation.data.world import KINDS, PALETTE, RELATIONS, WorldConfig, render_clip, sample_specs
 from dreamrelation.model.config import PretrainConfig
-from dreamrelation.model.losses import masked_flow_loss
 from dreamrelation.model.mochi import TINY_T5, encode_text, normalize_latents, tiny_tokenizer
 from dreamrelation.model.train import add_noise, flow_target, lr_factor, step_generator, timestep_from_noise_level
 
@@ -116,28 +114,22 @@ def _batch_seed(seed: int, phase: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, phase, step]).generate_state(1)[0]) % (2**31 - 1)
 
 
-def vae_batch(cfg: PretrainConfig, step: int, crop: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch `step` of the VAE stream: windows of freshly rendered clips (all relations, all kinds).
-
-    Returns the videos (B, 3, T, H, W) in [-1, 1] and their subjects' union masks (B, 1, T, H, W).
-    """
+def vae_batch(cfg: PretrainConfig, step: int, crop: bool) -> torch.Tensor:
+    """Batch `step` of the VAE stream: windows of freshly rendered clips (all relations, all kinds)."""
     v = cfg.vae
     specs = sample_specs(cfg.world, v.batch_size, relations=cfg.world.relations, seed=_batch_seed(cfg.seed, 1, step))
     rng = np.random.default_rng([cfg.seed, 2, step])
-    windows, masks = [], []
+    windows = []
     for spec in specs:
-        clip = render_clip(spec, cfg.world)
-        start = int(rng.integers(0, clip.video.shape[0] - v.frames + 1))
-        window = clip.video[start : start + v.frames]
-        union = clip.masks[start : start + v.frames].any(axis=1)
+        video = render_clip(spec, cfg.world).video
+        start = int(rng.integers(0, video.shape[0] - v.frames + 1))
+        window = video[start : start + v.frames]
         if crop:
             top = int(rng.integers(0, (window.shape[1] - v.crop_height) // 16 + 1)) * 16
             left = int(rng.integers(0, (window.shape[2] - v.crop_width) // 16 + 1)) * 16
             window = window[:, top : top + v.crop_height, left : left + v.crop_width]
-            union = union[:, top : top + v.crop_height, left : left + v.crop_width]
         windows.append(window)
-        masks.append(union)
-    return videos_to_tensor(np.stack(windows)), torch.from_numpy(np.stack(masks)).unsqueeze(1).float()
+    return videos_to_tensor(np.stack(windows))
 
 
 def render_set(cfg: PretrainConfig, n: int, relations: Sequence[str], phase: int) -> list[Any]:
@@ -223,23 +215,18 @@ def _run_phase(
 def train_vae(
     vae: AutoencoderKLMochi, cfg: PretrainConfig, work: Path, on_step: Callable[[int, float], None] | None = None
 ) -> PhaseResult:
-    """Phase 1: reconstruction + KL on the endless world stream; crops first, whole frames last.
-
-    The squared error is weighted 1 + `foreground_weight` on the subjects' pixels: the subjects
-    are a few percent of the frame, and their kind and contrast are what the gates check.
-    """
+    """Phase 1: reconstruction + KL on the endless world stream; crops first, whole frames last."""
     v = cfg.vae
 
     def loss_at(step: int) -> torch.Tensor:
-        x, foreground = vae_batch(cfg, step, crop=step < v.steps - v.full_frame_steps)
+        x = vae_batch(cfg, step, crop=step < v.steps - v.full_frame_steps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_batch_seed(cfg.seed, 3, step))
             posterior = vae.encode(x).latent_dist
             z = posterior.sample()
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / x[0].numel()
-        weight = 1.0 + v.foreground_weight * foreground
-        return torch.mean(weight * (recon - x) ** 2) + v.kl_weight * kl
+        return torch.mean((recon - x) ** 2) + v.kl_weight * kl
 
     return _run_phase("vae", vae, v.steps, v.lr, 50, work / "vae.pt", v.checkpoint_every, loss_at, on_step)
 
@@ -266,7 +253,6 @@ class DitData:
     """The transformer phase's fixed training set: normalized latents and T5 features."""
 
     latents: torch.Tensor  # (N, 12, f, h, w)
-    foreground: torch.Tensor  # (N, f, h, w) in [0, 1]: the subjects' union, latent_masks' R channel
     embeds: torch.Tensor  # (N, L, D)
     masks: torch.Tensor  # (N, L) bool
     empty: tuple[torch.Tensor, torch.Tensor]  # (L, D), (L,)
@@ -286,17 +272,16 @@ def dit_data(
         if leaked:
             raise AssertionError(f"a held-out verb in a pretraining caption: {leaked[0]}")
         latents = normalize_latents(encode_clips(vae, np.stack([c.video for c in clips])), vae.config)
-        foreground = torch.from_numpy(np.stack([latent_masks(c.masks)[:, 2] for c in clips]))
         embeds, masks = [], []
         for i in range(0, len(captions), 64):
             e, m = encode_text(tokenizer, text_encoder, captions[i : i + 64])
             embeds.append(e)
             masks.append(m)
         empty = encode_text(tokenizer, text_encoder, [""])
-        state = {"latents": latents, "foreground": foreground, "embeds": torch.cat(embeds), "masks": torch.cat(masks),
+        state = {"latents": latents, "embeds": torch.cat(embeds), "masks": torch.cat(masks),
                  "empty": (empty[0][0], empty[1][0]), "captions": captions}
         _save(cache, state)
-    return DitData(state["latents"], state["foreground"], state["embeds"], state["masks"], state["empty"], state["captions"])
+    return DitData(state["latents"], state["embeds"], state["masks"], state["empty"], state["captions"])
 
 
 def train_dit(
@@ -306,11 +291,7 @@ def train_dit(
     work: Path,
     on_step: Callable[[int, float], None] | None = None,
 ) -> PhaseResult:
-    """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set.
-
-    The squared error is weighted 1 + `foreground_weight` on the subjects' latent cells, the
-    weighting of METHOD.md §3 (`masked_flow_loss`) applied to the union of both subjects.
-    """
+    """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set."""
     d = cfg.dit
 
     def loss_at(step: int) -> torch.Tensor:
@@ -329,7 +310,7 @@ def train_dit(
             encoder_attention_mask=masks,
             return_dict=False,
         )[0]
-        return masked_flow_loss(v_pred, flow_target(z0, eps), data.foreground[index], d.foreground_weight)
+        return torch.mean((v_pred - flow_target(z0, eps)) ** 2)
 
     return _run_phase("dit", transformer, d.steps, d.lr, d.warmup_steps, work / "dit.pt", d.checkpoint_every,
                       loss_at, on_step)
