@@ -331,3 +331,27 @@ def test_captions_past_the_t5_limit_are_found() -> None:
     assert overlong_captions(tokenizer, [short], max_length=len(tokenizer(short).input_ids) - 1) == {
         0: len(tokenizer(short).input_ids)
     }
+
+
+def test_a_folder_dataset_on_an_object_store_url(demo_folder: Path) -> None:
+    """The same layout under an fsspec URL (in-memory here, s3:// or gs:// for real): list, select, read masks."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(demo_folder / "videos"), "/own-url/videos", recursive=True)
+    root = "memory://own-url/videos"
+    listing = list_folder_dataset(root)
+    assert sorted(listing.relations) == ["orbit_umkreisen", "push_away"]
+    clip = {c.clip_id: c for c in listing.relations["push_away"].clips}["take 02"]
+    assert clip.video.startswith("memory://") and clip.video.endswith("/own-url/videos/Push Away/take 02.mkv")
+    assert clip.caption_file.endswith("take 02.txt")
+    config = PipelineConfig(synthetic=None, select={"source": "folder", "dataset_root": root, "clips_per_relation": 4,
+                                                    "on_shortage": "take_all"}, masks={"backend": "provided"})
+    manifest = select_clips(relation_table(config)["push_away"], config.select, VIDEO)
+    assert [c.clip_id for c in manifest.clips] == ["take 01", "take 02", "take-04"]  # take 03 has no caption here
+    record = {c.clip_id: c for c in manifest.clips}["take-04"]
+    masks = read_user_masks(record.masks, record.clip_id, record.frames, record.height, record.width)
+    assert masks.shape == (25, 2, 64, 96) and masks.any()
+    before = plan_relation("push_away", config)["select_clips"].fingerprint
+    fs.pipe_file("/own-url/videos/Push Away/take 01.txt", b"A person shoves a person.\n")
+    assert plan_relation("push_away", config)["select_clips"].fingerprint != before

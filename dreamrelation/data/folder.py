@@ -159,7 +159,7 @@ def folder_digest(root: str, relation: str) -> str:
     digest = hashlib.sha256()
     if listing is None:
         return digest.hexdigest()[:16]
-    for path, info in sorted(fs.find(fs._strip_protocol(listing.path), detail=True).items()):
+    for path, info in sorted(fs.find(f"{base.rstrip('/')}/{listing.name}", detail=True).items()):
         digest.update(f"{path[len(base):]}\0{info.get('size')}\0".encode())
         if path.endswith(CAPTION_SUFFIX):
             digest.update(fs.cat_file(path))
