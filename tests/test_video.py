@@ -98,3 +98,4 @@ def test_a_crop_that_discards_most_of_the_frame_is_warned_about(tmp_path, caplog
     # 48x96 cropped to 848:480 keeps 48x27 of 48x96 pixels: 28 %
     assert f"{portrait}: the centre crop to 1.77:1 keeps only 28% of its 48x96 frame" in caplog.text
     assert warn_if_crop_discards_most("square", 100, 100, 848 / 480) == pytest.approx(57 * 100 / 100**2)
+

@@ -114,6 +114,9 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
+X264 = {"crf": "18", "preset": "veryfast"}
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
     """Write RGB uint8 frames (T, H, W, 3): H.264 for .mp4/.mov/.mkv, Motion-JPEG for .avi, VP9 for .webm.
 
@@ -125,9 +128,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"write_video expects uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     codec, pix_fmt, options = {
-        ".mp4": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
-        ".mov": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
-        ".mkv": ("libx264", "yuv420p", {"crf": "18", "preset": "veryfast"}),
+        ".mp4": ("libx264", "yuv420p", X264),
+        ".mov": ("libx264", "yuv420p", X264),
+        ".mkv": ("libx264", "yuv420p", X264),
         ".avi": ("mjpeg", "yuvj420p", {}),
         ".webm": ("libvpx-vp9", "yuv420p", {"crf": "20", "b": "0", "deadline": "realtime"}),
     }.get(path.suffix.lower(), (None, None, None))
@@ -138,9 +141,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
         raise ValueError(f"H.264 needs even frame sizes, got {width}x{height} for {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    with av.open(str(tmp), mode="w") as container:
+    with av.open(str(tmp), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.thread_count = 1  # fewer run-to-run byte differences (x264's threads vary its output)
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
