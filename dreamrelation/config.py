@@ -21,7 +21,7 @@ from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.captions import CaptionConfig
 from dreamrelation.data.folder import list_folder_dataset
 from dreamrelation.data.masks import SKELETON_BACKENDS, MaskConfig
-from dreamrelation.data.relations import Relation, describe_yaml_error, load_relation_table
+from dreamrelation.data.relations import Relation, describe_yaml_error, get_relation, load_relation_table
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
@@ -115,6 +115,25 @@ def relation_table(config: PipelineConfig) -> dict[str, Relation]:
         log.warning("dataset folder %r is not used: %s", folder, reason)
     folders = {r.id: Relation(r.id, r.name, "") for r in listing.relations.values()}
     return load_relation_table(config.relations_file, base=folders)
+
+
+#: The relations value meaning every relation of a config (the 26 NTU actions, or a folder dataset's folders).
+ALL = "all"
+
+
+def relations_to_run(config: PipelineConfig, relations: list[str]) -> list[str]:
+    """Relation ids from user spellings ('58', 'Fist Bump'); `["all"]` means every relation of `config`.
+
+    Raises RelationError for an unknown relation and ValueError for one listed twice.
+    """
+    table = relation_table(config)
+    if relations == [ALL]:
+        return list(table)
+    ids = [get_relation(relation, table).id for relation in relations]
+    repeated = sorted({r for r in ids if ids.count(r) > 1})
+    if repeated:
+        raise ValueError(f"relations listed twice: {', '.join(repeated)}")
+    return ids
 
 
 def paper_defaults() -> dict[str, Any]:

@@ -355,3 +355,28 @@ def test_a_folder_dataset_on_an_object_store_url(demo_folder: Path) -> None:
     before = plan_relation("push_away", config)["select_clips"].fingerprint
     fs.pipe_file("/own-url/videos/Push Away/take 01.txt", b"A person shoves a person.\n")
     assert plan_relation("push_away", config)["select_clips"].fingerprint != before
+
+
+def test_relations_to_run_all_and_spellings(demo_folder: Path, tmp_path: Path) -> None:
+    from dreamrelation.config import relations_to_run
+
+    config = folder_config(demo_folder, tmp_path)
+    assert relations_to_run(config, ["all"]) == ["orbit_umkreisen", "push_away"]
+    assert relations_to_run(config, ["Push Away", "Orbit · Umkreisen"]) == ["push_away", "orbit_umkreisen"]
+    with pytest.raises(ValueError, match="relations listed twice: push_away"):
+        relations_to_run(config, ["Push Away", "push_away"])
+    with pytest.raises(RelationError, match="unknown relation 'hug'"):
+        relations_to_run(config, ["hug"])
+    ntu = relations_to_run(PipelineConfig(), ["all"])
+    assert len(ntu) == 26 and ntu[0] == "A050" and relations_to_run(PipelineConfig(), ["58"]) == ["A058"]
+
+
+def test_cli_validates_folder_relations_before_starting_anything(demo_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dreamrelation.flows.cli import app
+
+    sets = ["-s", f"select.dataset_root={demo_folder / 'videos'}", "-s", f"root={tmp_path / 'artifacts'}"]
+    result = CliRunner().invoke(app, ["select", "-r", "hug", "-c", "own-folder", *sets])
+    assert result.exit_code == 2 and "unknown relation 'hug'" in result.output and "push_away (Push Away)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "artifacts").exists()

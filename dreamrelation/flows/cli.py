@@ -22,15 +22,16 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from dreamrelation.config import (  # noqa: E402
+    ALL,
     DEMO_RELATIONS,
     PipelineConfig,
     ToyConfig,
     load_config,
     load_toy_config,
     relation_table,
+    relations_to_run,
 )
 from dreamrelation.data.own_folder_demo import DemoFolderError, export_own_folder_demo  # noqa: E402
-from dreamrelation.data.relations import get_relation  # noqa: E402
 from dreamrelation.data.store import ArtifactStore, fetch_local  # noqa: E402
 from dreamrelation.flows.server_guard import guard_children  # noqa: E402
 from dreamrelation.plan import STAGES, plan_relation  # noqa: E402
@@ -44,9 +45,9 @@ app = typer.Typer(
 
 #: Where `demo --own-folder` exports its folder dataset (the own-folder preset reads it from there).
 OWN_FOLDER_DEMO = ".dreamrelation/demo/own-folder"
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (demo, mochi-1) or YAML file; default: demo")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (demo, mochi-1, own-folder) or YAML file; default: demo")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value: key.path=value (repeatable)")]
-RelationOpt = Annotated[str, typer.Option("--relation", "-r", help="Relation id, e.g. A058 (handshaking)")]
+RelationOpt = Annotated[str, typer.Option("--relation", "-r", help="Relation id, e.g. A058 (handshaking), or a folder dataset's folder name")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild artifacts even if they are complete")]
 
 
@@ -54,9 +55,7 @@ def _config(config: str | None, overrides: list[str] | None, relations: list[str
     """Load and validate the config (and relation ids) before any flow or server starts."""
     try:
         cfg = load_config(config, overrides) if (config or overrides) else PipelineConfig()
-        table = relation_table(cfg)
-        for relation in relations or []:
-            get_relation(relation, table)
+        relations_to_run(cfg, relations or [])
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -297,7 +296,7 @@ def fan_out(
     """
     from dreamrelation.flows.fanout import ALL_RELATIONS, FanOutError, fan_out_flow  # deferred: fast --help
 
-    chosen = ALL_RELATIONS if relations.strip().lower() == "all" else [r.strip() for r in relations.split(",") if r.strip()]
+    chosen = ALL_RELATIONS if relations.strip().lower() == ALL else [r.strip() for r in relations.split(",") if r.strip()]
     try:
         _guard(
             fan_out_flow,

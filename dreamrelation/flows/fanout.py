@@ -25,16 +25,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 
-from dreamrelation.config import PipelineConfig, relation_table
-from dreamrelation.data.ntu import normalize_relation_id
-from dreamrelation.data.relations import get_relation
+from dreamrelation.config import ALL, PipelineConfig, relations_to_run
 from dreamrelation.plan import STAGES
 from dreamrelation.tasks.runs import PROJECT_TAG, fan_out_name, tag_flow_run
 from dreamrelation.tasks.summary import RelationRow, publish_fan_out_summary
 
 PIPELINE_DEPLOYMENT = "relation-pipeline/relation-pipeline"
-#: The relations value meaning every relation of the config (the 26 NTU actions, or a folder dataset's folders).
-ALL_RELATIONS = ["all"]
+ALL_RELATIONS = [ALL]
 
 
 class FanOutError(RuntimeError):
@@ -127,12 +124,7 @@ def fan_out_flow(
     Each relation's run gets this flow's `config`, `force` and `stop_after`; which worker (GPU)
     runs it is up to the work pool. Fails if any relation's run does not complete.
     """
-    table = relation_table(config)
-    relations = list(table) if relations == ALL_RELATIONS else [normalize_relation_id(r) for r in relations]
-    for relation in relations:
-        get_relation(relation, table)  # fail fast on an unknown id, before starting anything
-    if len(set(relations)) != len(relations):
-        raise ValueError(f"relations listed twice: {relations}")
+    relations = relations_to_run(config, relations)  # fails fast on an unknown id, before starting anything
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
 
