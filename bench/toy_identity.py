@@ -6,7 +6,7 @@ contrast separately (the identity gates need both, for both subjects) and lists 
 kind confusions. Needs a trained toy base (`dreamrelation pretrain`); a few minutes on 2 cores.
 
     .venv/bin/python bench/toy_identity.py                       # the default ToyConfig's base
-    .venv/bin/python bench/toy_identity.py --base .dreamrelation/toy/base/toy-<fp>
+    .venv/bin/python bench/toy_identity.py -s 'pretrain.world.size_range=[0.36,0.45]'   # another config's base
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamrelation.config import ToyConfig
+from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import ClipSpec, caption, sample_specs
 from dreamrelation.model.mochi import load_pipeline
 from dreamrelation.model.pretrain import encode_clips, render_set
@@ -58,13 +58,14 @@ def attribute_rates(videos: Sequence[np.ndarray], specs: Sequence[ClipSpec]) -> 
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, default=None, help="toy base folder (default: the default config's)")
+    parser.add_argument("-s", "--set", dest="overrides", action="append", default=[],
+                        help="toy config override key.path=value, as for `dreamrelation pretrain` (repeatable)")
     parser.add_argument("--clips", type=int, default=60, help="held-out clips reconstructed")
     parser.add_argument("--prompts", type=int, default=20, help="captions of seen relations generated")
     args = parser.parse_args()
-    config = ToyConfig()
+    config = load_toy_config(None, args.overrides)
     cfg = config.pretrain
-    base = args.base or Path(config.root) / plan_toy(config)["pretrain_base"].key
+    base = Path(config.root) / plan_toy(config)["pretrain_base"].key
     pipe = load_pipeline(base / MODEL_DIR)
 
     clips = render_set(cfg, args.clips, cfg.world.relations, phase=6)  # the reconstruction gate's clips
