@@ -376,7 +376,8 @@ def test_cli_validates_folder_relations_before_starting_anything(demo_folder: Pa
 
     from dreamrelation.flows.cli import app
 
-    sets = ["-s", f"select.dataset_root={demo_folder / 'videos'}", "-s", f"root={tmp_path / 'artifacts'}"]
+    sets = ["-s", f"select.dataset_root={demo_folder / 'videos'}", "-s", f"root={tmp_path / 'artifacts'}",
+            "-s", f"relations_file={demo_folder / RELATIONS_FILE}"]
     result = CliRunner().invoke(app, ["select", "-r", "hug", "-c", "own-folder", *sets])
     assert result.exit_code == 2 and "unknown relation 'hug'" in result.output and "push_away (Push Away)" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "artifacts").exists()
