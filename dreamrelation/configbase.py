@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
@@ -31,6 +31,24 @@ class StrictConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    #: Fields added after artifacts keyed by this config were written, with their default. At that
+    #: default they are left out of `str(config)` and `key_dump()`, the forms stage fingerprints
+    #: hash, so upgrading does not invalidate artifacts that did not use them.
+    added_later: ClassVar[dict[str, Any]] = {}
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if not (name in self.added_later and value == self.added_later[name]):
+                yield name, value
+
+    def key_dump(self) -> dict[str, Any]:
+        """`model_dump(mode="json")` without the `added_later` fields that are at their default."""
+        data = self.model_dump(mode="json")
+        for name, default in self.added_later.items():
+            if getattr(self, name) == default:
+                data.pop(name, None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -118,3 +118,24 @@ def test_yaml_syntax_error_in_an_override_names_the_argument():
         load_config(None, ["select.setups=[1,"])
     message = str(caught.value)
     assert "-s select.setups=[1,: the value is not valid YAML: line 1, column 4: " in message and "\n" not in message
+
+
+def test_fields_added_later_leave_existing_artifact_keys_alone():
+    """Upgrading must not invalidate artifacts: new fields at their default are not hashed."""
+    from dreamrelation.data.captions import CaptionConfig
+    from dreamrelation.data.select import SelectConfig
+    from dreamrelation.evaluation.config import EvalConfig
+    from dreamrelation.plan import plan_relation
+
+    for model, field, other in ((SelectConfig(), "source", "folder"), (CaptionConfig(), "subject_words", ("dog", "cat")),
+                                (EvalConfig(), "relation_judge", "toy")):
+        assert f"{field}=" not in str(model) and field not in model.key_dump()
+        changed = model.model_copy(update={field: other})
+        assert f"{field}=" in str(changed) and field in changed.key_dump()
+    base = plan_relation("A058", PipelineConfig())
+    judged = PipelineConfig().model_copy(update={"evaluate": PipelineConfig().evaluate.model_copy(
+        update={"relation_judge": "toy"})})
+    plan = plan_relation("A058", judged)
+    assert plan["train_relation"] == base["train_relation"] and plan["evaluate"] != base["evaluate"]
+    words = PipelineConfig().model_copy(update={"captions": CaptionConfig(subject_words=("dog", "cat"))})
+    assert plan_relation("A058", words)["write_captions"] != base["write_captions"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import fsspec
 from pydantic import Field
@@ -26,6 +26,8 @@ class CaptionError(ValueError):
 
 class CaptionConfig(StrictConfig):
     """Where captions come from and how the sidecar folder is laid out."""
+
+    added_later: ClassVar[dict[str, Any]] = {"subject_words": ("person", "person")}
 
     captions_file: str | None = Field(
         None, description="Optional per-clip captions: CSV with clip_id,caption or a YAML mapping clip_id -> caption"

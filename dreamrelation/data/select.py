@@ -30,7 +30,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import fsspec
 from pydantic import Field
@@ -63,6 +63,8 @@ class SelectionError(ValueError):
 
 class SelectConfig(StrictConfig):
     """Which clips of a relation to train on."""
+
+    added_later: ClassVar[dict[str, Any]] = {"source": "ntu", "windows_file": None}
 
     source: Literal["ntu", "folder"] = Field(
         "ntu",

@@ -41,7 +41,7 @@ class StoreNotWritableError(ValueError):
 def fingerprint(stage: str, config: Any, inputs: list[str], code_version: str) -> str:
     """Stable 16-hex-digit fingerprint of a stage run (config may be a pydantic model or JSON-able)."""
     if isinstance(config, BaseModel):
-        config = config.model_dump(mode="json")
+        config = config.key_dump() if hasattr(config, "key_dump") else config.model_dump(mode="json")
     payload = {
         "stage": stage,
         "config": config,

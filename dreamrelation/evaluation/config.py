@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -88,6 +88,8 @@ def tiny_eval_model_paths(models_cache: str | Path, seed: int = 0) -> dict[str, 
 
 class EvalConfig(StrictConfig):
     """Settings of the `evaluate` stage (METHOD.md §6): what is generated and how it is scored."""
+
+    added_later: ClassVar[dict[str, Any]] = {"relation_judge": "vlm"}
 
     methods: list[EvalMethod] = Field(
         default_factory=default_methods,
