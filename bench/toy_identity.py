@@ -4,7 +4,7 @@ Judges held-out world clips three ways: clean, reconstructed by the base's VAE, 
 the base from their captions (seen relations). For every subject it checks the kind and the
 contrast separately (the identity gates need both, for both subjects) and lists the commonest
 kind confusions; and how far one-word caption edits (kind, colour, verb) move the frozen T5's
-features. Needs a trained toy base (`dreamrelation pretrain`); a few minutes on 2 cores.
+features and the generated video (same noise). Needs a trained toy base (`dreamrelation pretrain`); a few minutes on 2 cores.
 
     .venv/bin/python bench/toy_identity.py                       # the default ToyConfig's base
     .venv/bin/python bench/toy_identity.py -s 'pretrain.world.size_range=[0.36,0.45]'   # another config's base
@@ -77,6 +77,20 @@ def text_separation(pipe) -> dict[str, float]:
     return out
 
 
+def output_sensitivity(pipe, sample, seeds: int = 4) -> dict[str, float]:
+    """Mean absolute pixel change (0-255) of a generation, same noise, when one caption word changes."""
+    out = {}
+    for name, text in EDITS.items():
+        changes = []
+        for seed in range(seeds):
+            setting = sample.model_copy(update={"seed": sample.seed + seed})
+            a = generate(pipe, CAPTION, setting).astype(np.float32)
+            b = generate(pipe, text, setting).astype(np.float32)
+            changes.append(float(np.abs(a - b).mean()))
+        out[name] = round(float(np.mean(changes)), 2)
+    return out
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,6 +118,7 @@ def main() -> None:
 
     print(f"toy base {base}; chance for kind = 1/{len(cfg.world.kinds)}")
     print(f"T5 feature change per one-word edit: {text_separation(pipe)}")
+    print(f"generation pixel change per one-word edit (same noise): {output_sensitivity(pipe, cfg.gates.sample)}")
     for name, rows, row_specs in (("clean clips", videos, [c.spec for c in clips]),
                                   ("VAE reconstructions", recon, [c.spec for c in clips]),
                                   ("generations", generated, specs)):
