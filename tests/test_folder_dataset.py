@@ -300,7 +300,12 @@ def test_folder_dataset_end_to_end_through_the_pipeline(prefect_harness, demo_fo
         demo_folder, tmp_path, "train.steps=3", "train.checkpoint_every=3", "train.sample_every=0",
         "evaluate.prompts_per_relation=1",
     )
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in demo_folder.rglob("*")}
+
+    before = snapshot()
     results = relation_pipeline(relation="Push Away", config=config)
+    assert snapshot() == before  # the user's folder is only read: nothing added, changed or removed
     assert [r.stage for r in results] == ["select_clips", "write_captions", "encode_latents", "make_masks",
                                           "train_relation", "evaluate"]
     plan = plan_relation("push_away", config)
