@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.captions import CaptionConfig
-from dreamrelation.data.folder import list_folder_dataset
+from dreamrelation.data.folder import FolderListing, list_folder_dataset
 from dreamrelation.data.masks import SKELETON_BACKENDS, MaskConfig
 from dreamrelation.data.relations import Relation, describe_yaml_error, get_relation, load_relation_table
 from dreamrelation.data.select import SelectConfig
@@ -102,15 +102,16 @@ class PipelineConfig(StrictConfig):
         return self
 
 
-def relation_table(config: PipelineConfig) -> dict[str, Relation]:
+def relation_table(config: PipelineConfig, listing: FolderListing | None = None) -> dict[str, Relation]:
     """The relations `config` can run, updated by its relations_file.
 
     NTU source: the 26 two-person actions. Folder source: one relation per folder of videos under
-    select.dataset_root (id: the folder name's slug; caption template: its relations_file row, if any).
+    select.dataset_root (id: the folder name's slug; caption template: its relations_file row, if any),
+    from `listing` when the caller has already listed the root.
     """
     if config.select.source == "ntu":
         return load_relation_table(config.relations_file)
-    listing = list_folder_dataset(config.select.dataset_root)
+    listing = listing or list_folder_dataset(config.select.dataset_root)
     for folder, reason in listing.invalid.items():
         log.warning("dataset folder %r is not used: %s", folder, reason)
     folders = {r.id: Relation(r.id, r.name, "") for r in listing.relations.values()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dreamrelation.config import PipelineConfig, ToyConfig, relation_table
-from dreamrelation.data.folder import folder_digest
+from dreamrelation.data.folder import folder_digest, list_folder_dataset
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.relations import Relation
 from dreamrelation.data.store import fingerprint
@@ -56,10 +56,11 @@ def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtif
     # Data the config only names are inputs too. A folder dataset's files and sidecar texts: editing
     # a caption re-selects and re-captions. A relations_file's caption (template) of this relation.
     data, caption = [], []
-    if config.select.source == "folder" or config.relations_file is not None:
-        caption = [relation_table(config).get(relation, Relation(relation, relation, "")).caption]
-    if config.select.source == "folder":
-        data = [folder_digest(config.select.dataset_root, relation), *caption]
+    listing = list_folder_dataset(config.select.dataset_root) if config.select.source == "folder" else None
+    if listing is not None or config.relations_file is not None:
+        caption = [relation_table(config, listing).get(relation, Relation(relation, relation, "")).caption]
+    if listing is not None:
+        data = [folder_digest(config.select.dataset_root, listing.relations.get(relation)), *caption]
     plan = {"select_clips": stage("select_clips", select_cfg, data, "manifest-{fp}.json")}
     plan["write_captions"] = stage(
         "write_captions", config.captions, [fps["select_clips"], *caption], "captions-{fp}"

@@ -30,8 +30,8 @@ from PIL import Image
 from dreamrelation.data.masks import SUBJECTS, frame_number
 from dreamrelation.data.ntu import RelationNameError, relation_slug
 from dreamrelation.data.relations import describe_yaml_error
+from dreamrelation.data.video import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 CAPTION_SUFFIX = ".txt"
 MASKS_NPZ = ".masks.npz"
 MASKS_DIR = ".masks"
@@ -148,18 +148,17 @@ def _list_relation(fs: fsspec.AbstractFileSystem, path: str, folder: str) -> Fol
     return relation
 
 
-def folder_digest(root: str, relation: str) -> str:
-    """A hash of what the relation's folder holds: every file's name and size, and the sidecar texts.
+def folder_digest(root: str, relation: FolderRelation | None) -> str:
+    """A hash of what a listed relation folder holds: every file's name and size, and the sidecar texts.
 
     Part of the selection's fingerprint, so editing a caption (or replacing a video or masks
-    file) re-runs the stages that depend on it. An unknown relation hashes as empty.
+    file) re-runs the stages that depend on it. No folder (None) hashes as empty.
     """
-    fs, base = fsspec.core.url_to_fs(root)
-    listing = list_folder_dataset(root).relations.get(relation)
     digest = hashlib.sha256()
-    if listing is None:
+    if relation is None:
         return digest.hexdigest()[:16]
-    for path, info in sorted(fs.find(f"{base.rstrip('/')}/{listing.name}", detail=True).items()):
+    fs, base = fsspec.core.url_to_fs(root)
+    for path, info in sorted(fs.find(f"{base.rstrip('/')}/{relation.name}", detail=True).items()):
         digest.update(f"{path[len(base):]}\0{info.get('size')}\0".encode())
         if path.endswith(CAPTION_SUFFIX):
             digest.update(fs.cat_file(path))
@@ -243,13 +242,12 @@ def read_user_masks(location: str, clip_id: str, frames: int, height: int, width
 def _read_npz(location: str, name: str) -> np.ndarray:
     try:
         with fsspec.open(location, "rb") as handle, np.load(io.BytesIO(handle.read())) as data:
-            if "masks" not in data:
-                raise MaskFileError(f"{name} has no array named 'masks' (found: {', '.join(data.files) or 'none'})")
-            masks = data["masks"]
+            found = list(data.files)
+            masks = data["masks"] if "masks" in found else None
     except (OSError, ValueError) as exc:
-        if isinstance(exc, MaskFileError):
-            raise
         raise MaskFileError(f"cannot read {name}: {exc}") from None
+    if masks is None:
+        raise MaskFileError(f"{name} has no array named 'masks' (found: {', '.join(found) or 'none'})")
     if masks.dtype != bool and masks.dtype != np.uint8:
         raise MaskFileError(f"{name}: masks must be bool or uint8, got {masks.dtype}")
     return masks.astype(bool)

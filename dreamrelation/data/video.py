@@ -115,6 +115,8 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
 
 
 X264 = {"crf": "18", "preset": "veryfast"}
+#: Video containers `write_video` writes and `read_video` reads (folder datasets, reference sets).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dreamrelation.data.video import read_video
+from dreamrelation.data.video import VIDEO_SUFFIXES, read_video
 from dreamrelation.data.world import parse_caption
 from dreamrelation.evaluation.config import JUDGE_METRICS, EvalConfig, EvalMethod, EvaluationError
 from dreamrelation.evaluation.generate import VideoJob
@@ -49,7 +49,6 @@ from dreamrelation.perception.vlm import (
 log = logging.getLogger("dreamrelation.evaluate")
 
 FVD_DIR = "fvd"
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 WORLD_PROMPT_EXAMPLE = "A dark red triangle is pushing a light blue dog."
 
 
