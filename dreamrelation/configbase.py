@@ -43,11 +43,14 @@ class StrictConfig(BaseModel):
                 yield name, value
 
     def key_dump(self) -> dict[str, Any]:
-        """`model_dump(mode="json")` without the `added_later` fields that are at their default."""
+        """`model_dump(mode="json")` without the `added_later` fields at their default, at any depth."""
         data = self.model_dump(mode="json")
-        for name, default in self.added_later.items():
-            if getattr(self, name) == default:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in self.added_later and value == self.added_later[name]:
                 data.pop(name, None)
+            elif isinstance(value, StrictConfig):
+                data[name] = value.key_dump()
         return data
 
     @model_validator(mode="before")

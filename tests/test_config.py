@@ -139,3 +139,17 @@ def test_fields_added_later_leave_existing_artifact_keys_alone():
     assert plan["train_relation"] == base["train_relation"] and plan["evaluate"] != base["evaluate"]
     words = PipelineConfig().model_copy(update={"captions": CaptionConfig(subject_words=("dog", "cat"))})
     assert plan_relation("A058", words)["write_captions"] != base["write_captions"]
+
+
+def test_fields_added_later_are_left_out_at_any_depth():
+    """A field added to a nested config (the toy base's DiT) keeps the documented base key."""
+    from dreamrelation.config import load_toy_config
+    from dreamrelation.plan import plan_toy
+
+    default = load_toy_config(None, [])
+    assert "patch_size" not in default.pretrain.key_dump()["dit"]
+    # The key of the toy base that docs/study.md reports on, trained before these fields existed.
+    assert plan_toy(default)["pretrain_base"].key == "base/toy-30f30c57d9079f38"
+    changed = load_toy_config(None, ["pretrain.dit.noise_levels=logit_normal"])
+    assert changed.pretrain.key_dump()["dit"]["noise_levels"] == "logit_normal"
+    assert plan_toy(changed)["pretrain_base"].key != "base/toy-30f30c57d9079f38"

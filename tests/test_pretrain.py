@@ -166,3 +166,70 @@ def test_phase_loop_reports_every_step_and_logs_every_ten(tmp_path: Path) -> Non
     assert [k for k, _ in result.losses] == [10]
     assert result.losses[0][1] == pytest.approx(sum(v for _, v in seen[:10]) / 10)
 
+
+
+def test_logit_normal_noise_levels_train_the_middle_more_often() -> None:
+    """s = sigmoid(n), n ~ N(0, 1): P(0.25 < s < 0.75) = P(|n| < ln 3) = 0.7275; uniform: 0.5."""
+    from dreamrelation.model.pretrain import draw_noise_levels
+
+    for kind, middle in (("logit_normal", 0.7275), ("uniform", 0.5)):
+        s = draw_noise_levels(kind, 200_000, torch.Generator().manual_seed(0))
+        assert s.shape == (200_000,) and 0 < s.min() and s.max() < 1
+        assert float(((s > 0.25) & (s < 0.75)).float().mean()) == pytest.approx(middle, abs=0.005)
+    again = draw_noise_levels("logit_normal", 5, torch.Generator().manual_seed(3))
+    assert torch.equal(again, draw_noise_levels("logit_normal", 5, torch.Generator().manual_seed(3)))
+
+
+def test_patch_size_one_scales_the_spatial_rope_frequencies_to_the_token_grid() -> None:
+    """64x96 frames: 4x6 tokens at patch 2, 8x12 at patch 1; spatial steps sqrt(192^2/24), sqrt(192^2/96)."""
+    from dreamrelation.model.pretrain import build_models
+
+    ratios = {}
+    for patch in (2, 1):
+        config = PretrainConfig(dit={"patch_size": patch})
+        _, transformer, _, _ = build_models(config)
+        assert transformer.config.patch_size == patch
+        freqs = transformer.pos_frequencies.abs()
+        ratios[patch] = float(freqs[0].mean() / freqs[1].mean())
+    assert ratios[2] == pytest.approx((192 * 192 / 24) ** 0.5, rel=1e-4)
+    assert ratios[1] == pytest.approx((192 * 192 / 96) ** 0.5, rel=1e-4)
+
+
+def _bench(name: str):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kind_swap_changes_every_kind_and_nothing_else() -> None:
+    import numpy as np
+
+    from dreamrelation.data.world import sample_specs
+
+    bench = _bench("toy_identity")
+    rng = np.random.default_rng(0)
+    for spec in sample_specs(WorldConfig(), 20, relations=list(RELATIONS), seed=1):
+        swapped = bench.swap_kinds(spec, rng)
+        assert swapped.relation == spec.relation and swapped.seed == spec.seed
+        for a, b in zip(spec.subjects, swapped.subjects):
+            assert a.kind != b.kind and (a.contrast, a.colour, a.size) == (b.contrast, b.colour, b.size)
+
+
+@torch.no_grad()
+def test_kind_word_diagnostic_runs_on_a_toy_base(toy_base: Path) -> None:
+    from dreamrelation.model.mochi import load_pipeline
+    from dreamrelation.model.pretrain import render_set
+
+    bench = _bench("toy_identity")
+    pipe = load_pipeline(toy_base / MODEL_DIR)
+    clips = render_set(MICRO, 2, MICRO.seen_relations, phase=6)
+    rows = bench.kind_word_use(pipe, MICRO, clips, levels=(0.5,), steps=2)
+    assert set(rows) == {"s=0.5 own caption", "s=0.5 kinds swapped"}
+    for row in rows.values():
+        assert 0.0 <= row["kind"] <= 1.0 and row["flow loss"] > 0

@@ -7,7 +7,7 @@ Prefect deployments. Defaults are the paper's settings (METHOD.md §2-§5); each
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -256,9 +256,18 @@ class VaePretrainConfig(StrictConfig):
 class DitPretrainConfig(StrictConfig):
     """The transformer phase (issue 13 §2; METHOD.md §1 objective)."""
 
+    added_later: ClassVar[dict[str, Any]] = {"patch_size": 2, "noise_levels": "uniform"}
+
     num_layers: int = Field(default=4, ge=1, description="MM-DiT blocks.")
     num_attention_heads: int = Field(default=4, ge=1, description="Attention heads.")
     attention_head_dim: int = Field(default=32, ge=2, description="Width of one head (even).")
+    patch_size: int = Field(default=2, ge=1, le=2, description="Latent cells per token side (Mochi-1 uses 2).")
+    noise_levels: Literal["uniform", "logit_normal"] = Field(
+        default="uniform",
+        description="How the training noise level s is drawn: uniform on [0, 1], or logit-normal "
+        "(s = sigmoid(n), n ~ N(0, 1), as in SD3), which trains the middle levels, where the "
+        "subjects' shapes are decided, more often.",
+    )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
     steps: int = Field(default=2500, ge=0, description="Optimizer steps.")
     batch_size: int = Field(default=16, ge=1, description="Clips per step.")

@@ -70,7 +70,7 @@ def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKLMochi, MochiTransfor
         )
         d = cfg.dit
         transformer = MochiTransformer3DModel(
-            patch_size=2,
+            patch_size=d.patch_size,
             num_attention_heads=d.num_attention_heads,
             attention_head_dim=d.attention_head_dim,
             num_layers=d.num_layers,
@@ -80,18 +80,19 @@ def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKLMochi, MochiTransfor
             time_embed_dim=64,
             max_sequence_length=256,
         )
-        init_pos_frequencies(transformer, cfg.world)
+        init_pos_frequencies(transformer, cfg.world, d.patch_size)
         text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_T5)).eval()
     return vae, transformer, text_encoder, tokenizer
 
 
-def init_pos_frequencies(transformer: MochiTransformer3DModel, world: WorldConfig) -> None:
+def init_pos_frequencies(transformer: MochiTransformer3DModel, world: WorldConfig, patch_size: int) -> None:
     """Log-spaced RoPE frequencies with random signs (real weights overwrite the zeros).
 
     `MochiRoPE` rescales the patch grid to a 192x192 area, so spatial positions step by
     sqrt(192^2 / tokens) while time steps by 1: spatial frequencies are divided by that step.
     """
-    tokens = (world.height // 16) * (world.width // 16)
+    cell = 8 * patch_size  # pixels per token side (the VAE downsamples 8x)
+    tokens = (world.height // cell) * (world.width // cell)
     spatial_step = math.sqrt(192 * 192 / tokens)
     _, heads, half = transformer.pos_frequencies.shape
     base = torch.logspace(math.log10(0.05), math.log10(1.5), half)
@@ -284,6 +285,13 @@ def dit_data(
     return DitData(state["latents"], state["embeds"], state["masks"], state["empty"], state["captions"])
 
 
+def draw_noise_levels(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
+    """Training noise levels s in (0, 1): uniform, or logit-normal s = sigmoid(n), n ~ N(0, 1)."""
+    if kind == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=g))
+    return torch.rand(n, generator=g)
+
+
 def train_dit(
     transformer: MochiTransformer3DModel,
     data: DitData,
@@ -301,7 +309,7 @@ def train_dit(
         embeds, masks = data.embeds[index].clone(), data.masks[index].clone()
         drop = torch.rand(d.batch_size, generator=g) < d.caption_dropout
         embeds[drop], masks[drop] = data.empty[0], data.empty[1]
-        s = torch.rand(d.batch_size, generator=g)
+        s = draw_noise_levels(d.noise_levels, d.batch_size, g)
         eps = torch.randn(z0.shape, generator=g)
         v_pred = transformer(
             hidden_states=add_noise(z0, eps, s),
