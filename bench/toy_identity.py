@@ -146,6 +146,23 @@ def kind_word_use(pipe, cfg, clips, levels=(0.6, 0.8, 0.9), steps: int = 16, gui
     return out
 
 
+def attribute_report(pipe, cfg, n_clips: int, n_prompts: int) -> None:
+    """Print kind/contrast per subject for clean clips, reconstructions and generations, and edit sensitivities."""
+    clips = render_set(cfg, n_clips, cfg.world.relations, phase=6)  # the reconstruction gate's clips
+    videos = np.stack([c.video for c in clips])
+    recon = decode(pipe.vae, encode_clips(pipe.vae, videos))
+    specs = sample_specs(cfg.world, n_prompts, relations=cfg.seen_relations, seed=cfg.seed + 7919)  # gate prompts
+    sample = cfg.gates.sample
+    generated = [generate(pipe, caption(s, cfg.world), sample.model_copy(update={"seed": sample.seed + i}))
+                 for i, s in enumerate(specs)]
+    print(f"T5 feature change per one-word edit: {text_separation(pipe)}")
+    print(f"generation pixel change per one-word edit (same noise): {output_sensitivity(pipe, sample)}")
+    for name, rows, row_specs in (("clean clips", videos, [c.spec for c in clips]),
+                                  ("VAE reconstructions", recon, [c.spec for c in clips]),
+                                  ("generations", generated, specs)):
+        print(f"{name:20s} {attribute_rates(rows, row_specs)}")
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -153,29 +170,16 @@ def main() -> None:
                         help="toy config override key.path=value, as for `dreamrelation pretrain` (repeatable)")
     parser.add_argument("--clips", type=int, default=60, help="held-out clips reconstructed")
     parser.add_argument("--prompts", type=int, default=20, help="captions of seen relations generated")
+    parser.add_argument("--kind-words-only", action="store_true", help="only the SDEdit test of the kind words")
     args = parser.parse_args()
     config = load_toy_config(None, args.overrides)
     cfg = config.pretrain
     base = Path(config.root) / plan_toy(config)["pretrain_base"].key
     pipe = load_pipeline(base / MODEL_DIR)
-
-    clips = render_set(cfg, args.clips, cfg.world.relations, phase=6)  # the reconstruction gate's clips
-    videos = np.stack([c.video for c in clips])
-    latents = encode_clips(pipe.vae, videos)
-    recon = decode(pipe.vae, latents)
-    specs = sample_specs(cfg.world, args.prompts, relations=cfg.seen_relations, seed=cfg.seed + 7919)  # gate prompts
-    sample = cfg.gates.sample
-    generated = [generate(pipe, caption(s, cfg.world), sample.model_copy(update={"seed": sample.seed + i}))
-                 for i, s in enumerate(specs)]
-
     print(f"toy base {base}; chance for kind = 1/{len(cfg.world.kinds)}")
-    print(f"T5 feature change per one-word edit: {text_separation(pipe)}")
-    print(f"generation pixel change per one-word edit (same noise): {output_sensitivity(pipe, cfg.gates.sample)}")
-    for name, rows, row_specs in (("clean clips", videos, [c.spec for c in clips]),
-                                  ("VAE reconstructions", recon, [c.spec for c in clips]),
-                                  ("generations", generated, specs)):
-        print(f"{name:20s} {attribute_rates(rows, row_specs)}")
-    seen = render_set(cfg, args.clips // 3, cfg.seen_relations, phase=6)
+    if not args.kind_words_only:
+        attribute_report(pipe, cfg, args.clips, args.prompts)
+    seen = render_set(cfg, 20, cfg.seen_relations, phase=6)
     print("does the DiT read the kind words? kind accuracy after SDEdit from level s "
           f"({len(seen)} held-out clips of seen relations; same noise for both captions):")
     for name, row in kind_word_use(pipe, cfg, seen).items():

@@ -233,3 +233,25 @@ def test_kind_word_diagnostic_runs_on_a_toy_base(toy_base: Path) -> None:
     assert set(rows) == {"s=0.5 own caption", "s=0.5 kinds swapped"}
     for row in rows.values():
         assert 0.0 <= row["kind"] <= 1.0 and row["flow loss"] > 0
+
+
+def test_a_base_that_differs_only_in_its_dit_adopts_the_finished_vae_and_training_set(tmp_path: Path) -> None:
+    first = pretrain_base(MICRO, tmp_path / "toy-a")
+    assert first["adopted_phases"] == {} and first["vae"]["resumed_from"] == 0
+
+    longer = MICRO.model_copy(update={"dit": MICRO.dit.model_copy(update={"steps": 3})})
+    second = pretrain_base(longer, tmp_path / "toy-b")
+    assert second["adopted_phases"] == {"vae": "toy-a", "dit_data": "toy-a"}
+    assert second["vae"]["resumed_from"] == MICRO.vae.steps and second["dit"]["resumed_from"] == 0
+    assert torch.equal(torch.load(tmp_path / "toy-a/work/dit_data.pt")["latents"],
+                       torch.load(tmp_path / "toy-b/work/dit_data.pt")["latents"])
+
+    # Another DiT shape draws another random T5, so the captions' features differ: VAE only.
+    wider = MICRO.model_copy(update={"dit": MICRO.dit.model_copy(update={"num_attention_heads": 8})})
+    assert pretrain_base(wider, tmp_path / "toy-c")["adopted_phases"] == {"vae": "toy-a"}
+    # Another VAE setting: nothing to adopt, the sentinel of the finished base is untouched.
+    sentinel = (tmp_path / "toy-a/work/vae.pt").read_bytes()
+    other_vae = MICRO.model_copy(update={"vae": MICRO.vae.model_copy(update={"lr": 5e-4})})
+    third = pretrain_base(other_vae, tmp_path / "toy-d")
+    assert third["adopted_phases"] == {} and third["vae"]["resumed_from"] == 0
+    assert (tmp_path / "toy-a/work/vae.pt").read_bytes() == sentinel

@@ -3,21 +3,32 @@
 Reads nothing but its config; writes into its (resumable) artifact folder:
 
     work/vae.pt, work/dit_data.pt, work/dit.pt   checkpoints and the encoded training set
+    work/phases.json                             keys of the finished VAE and training-set phases
     model/                                       the base in the diffusers Mochi layout
     gates.json                                   issue 13 §2 gates, measured on held-out clips
 
 The pipeline then loads `model/` through `model.model_dir` like real Mochi-1.
+
+A base that differs from a finished one only in its DiT settings (or gates) does not train
+the VAE or encode the training set again: the finished phases of a sibling base folder with
+the same phase key are copied in first (`adopt_finished_phases`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from dreamrelation.data.store import fingerprint
 from dreamrelation.data.world import sample_specs
 from dreamrelation.evaluation.toy import as_records, judge_generations, reconstruction_report, summarize
 from dreamrelation.model.mochi import load_pipeline
@@ -34,7 +45,9 @@ from dreamrelation.model.pretrain import (
 
 log = logging.getLogger("dreamrelation.pretrain")
 
-MODEL_DIR, WORK_DIR, GATES_FILE = "model", "work", "gates.json"
+MODEL_DIR, WORK_DIR, GATES_FILE, PHASES_FILE = "model", "work", "gates.json", "phases.json"
+#: The reusable phases and the work file each leaves.
+PHASE_FILES = {"vae": "vae.pt", "dit_data": "dit_data.pt"}
 #: issue 13 §2: the gates the base must pass, (metric, threshold).
 GATES = {
     "reconstruction relation accuracy": ("reconstruction", "relation_accuracy", 0.90),
@@ -47,20 +60,76 @@ GATES = {
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
+def phase_keys(cfg: PretrainConfig, text_encoder: torch.nn.Module) -> dict[str, str]:
+    """Fingerprints of what the VAE phase and the encoded training set depend on.
+
+    The VAE: world, VAE settings, seed. The training set: that VAE, the clips, the held-out
+    relations and the T5's weights (hashed: the random T5 is drawn after the VAE and the DiT, so
+    a DiT of another shape gets another T5, and its captions other features).
+    """
+    vae = fingerprint("pretrain_vae", {"world": cfg.world, "vae": cfg.vae, "seed": cfg.seed}, [], "1")
+    t5 = hashlib.sha256()
+    for name, tensor in sorted(text_encoder.state_dict().items()):
+        t5.update(name.encode())
+        t5.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    data = fingerprint("pretrain_dit_data", {"clips": cfg.dit.clips, "held_out_relations": cfg.held_out_relations},
+                       [vae, t5.hexdigest()], "1")
+    return {"vae": vae, "dit_data": data}
+
+
+def _recorded_phases(work: Path) -> dict[str, str]:
+    path = work / PHASES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record_phase(work: Path, name: str, key: str) -> None:
+    phases = {**_recorded_phases(work), name: key}
+    tmp = work / f".{PHASES_FILE}.partial"
+    tmp.write_text(json.dumps(phases, indent=1))
+    os.replace(tmp, work / PHASES_FILE)
+
+
+def adopt_finished_phases(folder: Path, keys: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    """Copy into `folder/work` each phase in `names` that it lacks and a sibling base folder
+    (same parent) finished under the same key. Returns {phase: the sibling it came from}."""
+    work = folder / WORK_DIR
+    adopted = {}
+    for name in names:
+        target = work / PHASE_FILES[name]
+        if target.exists():
+            continue
+        for other in sorted(folder.parent.glob(f"*/{WORK_DIR}/{PHASES_FILE}")):
+            source = other.parent / PHASE_FILES[name]
+            if other.parent != work and _recorded_phases(other.parent).get(name) == keys[name] and source.is_file():
+                tmp = work / f".{target.name}.partial"
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, target)
+                _record_phase(work, name, keys[name])
+                adopted[name] = other.parent.parent.name
+                log.info("%s: reusing the finished phase of %s (same key %s)", name, adopted[name], keys[name])
+                break
+    return adopted
+
+
 def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Train (or resume) both phases, save the model folder, measure and write the gates."""
+    """Train (or resume, or adopt from a sibling base) both phases, save the model folder, measure
+    and write the gates."""
     folder = Path(folder)
     work = folder / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     vae, transformer, text_encoder, tokenizer = build_models(cfg)
+    keys = phase_keys(cfg, text_encoder)
 
     def report(phase: str, total: int) -> Callable[[int, float], None] | None:
         return None if progress is None else (lambda step, _loss: progress(phase, step, total))
 
+    adopted = adopt_finished_phases(folder, keys, ("vae", "dit_data"))
     vae_run = train_vae(vae, cfg, work, report("vae", cfg.vae.steps))
+    _record_phase(work, "vae", keys["vae"])
     set_latent_stats(vae, cfg)
     data = dit_data(vae, tokenizer, text_encoder, cfg, work)
+    _record_phase(work, "dit_data", keys["dit_data"])
     dit_run = train_dit(transformer, data, cfg, work, report("dit", cfg.dit.steps))
     model_dir = save_base_model(folder / MODEL_DIR, vae, transformer, text_encoder, tokenizer)
     train_minutes = (time.monotonic() - started) / 60
@@ -77,6 +146,7 @@ def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | 
         "seen_relations": cfg.seen_relations,
         "held_out_relations": cfg.held_out_relations,
         "train_minutes_this_run": round(train_minutes, 1),
+        "adopted_phases": adopted,
         "vae": {"steps": vae_run.steps, "resumed_from": vae_run.resumed_from, "losses": vae_run.losses},
         "dit": {"steps": dit_run.steps, "resumed_from": dit_run.resumed_from, "losses": dit_run.losses},
         "measured": measured,
