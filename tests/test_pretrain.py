@@ -255,3 +255,21 @@ def test_a_base_that_differs_only_in_its_dit_adopts_the_finished_vae_and_trainin
     third = pretrain_base(other_vae, tmp_path / "toy-d")
     assert third["adopted_phases"] == {} and third["vae"]["resumed_from"] == 0
     assert (tmp_path / "toy-a/work/vae.pt").read_bytes() == sentinel
+
+
+def test_word_features_give_each_word_one_vector_whatever_its_neighbours() -> None:
+    from dreamrelation.model.mochi import encode_text
+    from dreamrelation.model.pretrain import world_tokenizer
+
+    bench = _bench("toy_word_features")
+    tokenizer = world_tokenizer()
+    words = bench.WordFeatures(len(tokenizer), 32, seed=0)
+    embeds, mask = encode_text(tokenizer, words, ["A dark red square is hugging a light blue dog.",
+                                                  "A light green circle is following a dark red square."])
+    square = tokenizer.convert_tokens_to_ids("▁square")
+    ids = tokenizer(["A dark red square is hugging a light blue dog.",
+                     "A light green circle is following a dark red square."]).input_ids
+    first, second = ids[0].index(square), ids[1].index(square)
+    assert torch.equal(embeds[0, first], embeds[1, second]) and embeds.shape[-1] == 32
+    assert int(mask[0].sum()) == len(ids[0]) and words.dtype == torch.float32
+    assert torch.equal(bench.WordFeatures(len(tokenizer), 32, seed=0).embed.weight, words.embed.weight)
