@@ -23,10 +23,12 @@ import torch
 from torch import nn
 
 from dreamrelation.config import load_toy_config
-from dreamrelation.data.world import sample_specs
-from dreamrelation.evaluation.toy import judge_generations, summarize
+from dreamrelation.data.world import caption, sample_specs
+from dreamrelation.evaluation.toy import score, summarize
 from dreamrelation.model.mochi import TINY_T5, encode_text, load_pipeline
 from dreamrelation.model.pretrain import DitData, build_models, train_dit
+from dreamrelation.model.sample import generate
+from dreamrelation.perception.judge import judge_video
 from dreamrelation.plan import plan_toy
 from dreamrelation.stages.pretrain import MODEL_DIR, PHASE_FILES, WORK_DIR
 
@@ -63,13 +65,13 @@ def main() -> None:
     out = Path(config.root) / "experiments" / f"word-features-{base.name}"
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(base / MODEL_DIR)
-    pipe.text_encoder = WordFeatures(len(pipe.tokenizer), TINY_T5["d_model"], seed=cfg.seed)
+    words = WordFeatures(len(pipe.tokenizer), TINY_T5["d_model"], seed=cfg.seed)
 
     state = torch.load(base / WORK_DIR / PHASE_FILES["dit_data"], weights_only=False)
     with torch.no_grad():
-        parts = [encode_text(pipe.tokenizer, pipe.text_encoder, state["captions"][i : i + 64])
+        parts = [encode_text(pipe.tokenizer, words, state["captions"][i : i + 64])
                  for i in range(0, len(state["captions"]), 64)]
-        empty = encode_text(pipe.tokenizer, pipe.text_encoder, [""])
+        empty = encode_text(pipe.tokenizer, words, [""])
     data = DitData(state["latents"], torch.cat([e for e, _ in parts]), torch.cat([m for _, m in parts]),
                    (empty[0][0], empty[1][0]), state["captions"])
     _, transformer, _, _ = build_models(cfg)
@@ -79,8 +81,14 @@ def main() -> None:
 
     pipe.transformer = transformer
     specs = sample_specs(cfg.world, cfg.gates.prompts, relations=cfg.seen_relations, seed=cfg.seed + 7919)
+    judged, videos = [], []
     with torch.no_grad():
-        judged, videos = judge_generations(pipe, specs, cfg.world, cfg.gates.sample, keep=len(specs))
+        for i, spec in enumerate(specs):  # as judge_generations, with word features for the text
+            prompt = caption(spec, cfg.world)
+            embeds, mask = encode_text(pipe.tokenizer, words, [prompt])
+            setting = cfg.gates.sample.model_copy(update={"seed": cfg.gates.sample.seed + i})
+            videos.append(generate(pipe, None, setting, text=(embeds, mask, empty[0], empty[1])))
+            judged.append(score(judge_video(videos[-1]), spec, prompt))
     rates = summarize(judged)
     print(f"generation gates with word features: subject identity {rates['subject_fidelity']:.3f}, "
           f"relation {rates['relation_accuracy']:.3f} ({len(specs)} prompts)")
