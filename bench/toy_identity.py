@@ -26,9 +26,9 @@ import torch
 from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import KINDS, ClipSpec, caption, sample_specs
 from dreamrelation.model.mochi import denormalize_latents, encode_text, load_pipeline, normalize_latents
-from dreamrelation.model.pretrain import encode_clips, render_set
+from dreamrelation.model.pretrain import decode_clips, encode_clips, render_set
 from dreamrelation.model.sample import generate
-from dreamrelation.model.train import add_noise, timestep_from_noise_level
+from dreamrelation.model.train import add_noise, flow_target, timestep_from_noise_level
 from dreamrelation.perception.judge import judge_video
 from dreamrelation.plan import plan_toy
 from dreamrelation.stages.pretrain import MODEL_DIR
@@ -95,14 +95,6 @@ def output_sensitivity(pipe, sample, seeds: int = 4) -> dict[str, float]:
     return out
 
 
-def decode(vae, latents: torch.Tensor, batch: int = 8) -> np.ndarray:
-    """Raw latents -> uint8 videos (N, T, H, W, 3)."""
-    return np.concatenate([
-        ((vae.decode(latents[i : i + batch]).sample.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        .permute(0, 2, 3, 4, 1).numpy() for i in range(0, len(latents), batch)
-    ])
-
-
 def swap_kinds(spec: ClipSpec, rng: np.random.Generator) -> ClipSpec:
     """The same clip with each subject's kind replaced by a different, random one."""
     def other(kind: str) -> str:
@@ -136,11 +128,11 @@ def kind_word_use(pipe, cfg, clips, levels=(0.6, 0.8, 0.9), steps: int = 16, gui
 
         for s0 in levels:
             x = add_noise(z0, eps, torch.full((len(z0),), s0))
-            loss = float(((velocity(x, s0, 1.0) - (z0 - eps)) ** 2).mean())
+            loss = float(((velocity(x, s0, 1.0) - flow_target(z0, eps)) ** 2).mean())
             grid = np.linspace(s0, 0.0, steps + 1)
             for a, b in zip(grid[:-1], grid[1:]):
                 x = x + float(a - b) * velocity(x, float(a), guidance)  # dx/ds = -v
-            videos = decode(pipe.vae, denormalize_latents(x, pipe.vae.config))
+            videos = decode_clips(pipe.vae, denormalize_latents(x, pipe.vae.config))
             out[f"s={s0} {name}"] = {"kind": round(attribute_rates(videos, specs)["kind"], 3),
                                      "flow loss": round(loss, 4)}
     return out
@@ -150,7 +142,7 @@ def attribute_report(pipe, cfg, n_clips: int, n_prompts: int) -> None:
     """Print kind/contrast per subject for clean clips, reconstructions and generations, and edit sensitivities."""
     clips = render_set(cfg, n_clips, cfg.world.relations, phase=6)  # the reconstruction gate's clips
     videos = np.stack([c.video for c in clips])
-    recon = decode(pipe.vae, encode_clips(pipe.vae, videos))
+    recon = decode_clips(pipe.vae, encode_clips(pipe.vae, videos))
     specs = sample_specs(cfg.world, n_prompts, relations=cfg.seen_relations, seed=cfg.seed + 7919)  # gate prompts
     sample = cfg.gates.sample
     generated = [generate(pipe, caption(s, cfg.world), sample.model_copy(update={"seed": sample.seed + i}))

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKLMochi, MochiPipeline
 from dreamrelation.data.world import ClipSpec, WorldClip, WorldConfig, caption, parse_caption
 from dreamrelation.evaluation.config import JUDGE_METRICS
 from dreamrelation.model.config import SampleConfig
-from dreamrelation.model.pretrain import encode_clips
+from dreamrelation.model.pretrain import decode_clips, encode_clips
 from dreamrelation.model.sample import generate
 from dreamrelation.perception.judge import (
     Judgement,
@@ -117,12 +117,7 @@ def judge_generations(
 def reconstruction_report(vae: AutoencoderKLMochi, clips: Sequence[WorldClip], batch: int = 8) -> dict[str, float]:
     """PSNR of VAE reconstructions of world clips, and the judge's scores on them (gate: >= 0.90)."""
     videos = np.stack([clip.video for clip in clips])
-    latents = encode_clips(vae, videos, batch)
-    recon = []
-    for i in range(0, len(latents), batch):
-        y = vae.decode(latents[i : i + batch]).sample.clamp(-1, 1)
-        recon.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
-    recon_videos = np.concatenate(recon)
+    recon_videos = decode_clips(vae, encode_clips(vae, videos, batch), batch)
     mse = float(np.mean((recon_videos.astype(np.float64) - videos.astype(np.float64)) ** 2))
     judged = [score(judge_video(v), c.spec, c.caption) for v, c in zip(recon_videos, clips)]
     return {"psnr_db": float(10 * np.log10(255.0**2 / max(mse, 1e-12))), **summarize(judged)}

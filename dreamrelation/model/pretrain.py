@@ -239,6 +239,13 @@ def encode_clips(vae: AutoencoderKLMochi, videos: np.ndarray, batch: int = 8) ->
     return torch.cat(out)
 
 
+@torch.no_grad()
+def decode_clips(vae: AutoencoderKLMochi, latents: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """uint8 videos (N, T, H, W, 3) of raw (not normalized) latents: the inverse of `encode_clips`."""
+    out = [vae.decode(latents[i : i + batch]).sample.clamp(-1, 1) for i in range(0, len(latents), batch)]
+    return np.concatenate([((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy() for y in out])
+
+
 def set_latent_stats(vae: AutoencoderKLMochi, cfg: PretrainConfig) -> tuple[list[float], list[float]]:
     """Measure per-channel latent mean/std on held-out clips and write them into the VAE config."""
     clips = render_set(cfg, cfg.vae.stats_clips, cfg.world.relations, phase=4)
