@@ -273,3 +273,29 @@ def test_word_features_give_each_word_one_vector_whatever_its_neighbours() -> No
     assert torch.equal(embeds[0, first], embeds[1, second]) and embeds.shape[-1] == 32
     assert int(mask[0].sum()) == len(ids[0]) and words.dtype == torch.float32
     assert torch.equal(bench.WordFeatures(len(tokenizer), 32, seed=0).embed.weight, words.embed.weight)
+
+
+def test_neighbour_heads_put_the_contrast_word_into_the_kind_word() -> None:
+    """t5_heads="neighbours": 'triangle' carries 'dark' two words back, and not a word far away."""
+    from dreamrelation.model.mochi import encode_text
+    from dreamrelation.model.pretrain import NEIGHBOUR_OFFSETS, build_models
+
+    base = "A {} red triangle is approaching a light blue {}."
+    change = {}
+    for heads in ("random", "neighbours"):
+        _, _, t5, tokenizer = build_models(PretrainConfig(t5_heads=heads))
+        features = {words: encode_text(tokenizer, t5, [base.format(*words)])[0][0]
+                    for words in (("dark", "dog"), ("light", "dog"), ("dark", "circle"))}
+        at = tokenizer(base.format("dark", "dog")).input_ids.index(tokenizer.convert_tokens_to_ids("▁triangle"))
+
+        def moved(edit: tuple[str, str]) -> float:
+            reference = features[("dark", "dog")][at]
+            return float((features[edit][at] - reference).norm() / reference.norm())
+
+        change[heads] = (moved(("light", "dog")), moved(("dark", "circle")))
+        if heads == "neighbours":
+            bias = t5.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+            assert int((bias != 0).sum()) == len(NEIGHBOUR_OFFSETS) == t5.config.num_heads
+    near, far = change["neighbours"]
+    assert near > 0.5 and far < 0.05, change  # contrast word 2 back: big; kind word 8 ahead: none
+    assert change["random"][0] < 0.3, change  # the random T5 barely binds

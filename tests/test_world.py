@@ -114,6 +114,19 @@ def test_render_is_deterministic_and_seed_dependent():
     assert not np.array_equal(a.trajectories, other.trajectories)
 
 
+def test_render_only_the_actor():
+    """`drawn=(0,)` (the single-subject diagnostic): the other subject moves but is not painted."""
+    spec = sample_specs(CONFIG, 1, seed=4)[0]
+    both, alone = render_clip(spec, CONFIG), render_clip(spec, CONFIG, drawn=(0,))
+    assert not alone.masks[:, 1].any() and alone.masks[:, 0].sum() >= both.masks[:, 0].sum()
+    assert np.array_equal(alone.trajectories, both.trajectories) and alone.caption == both.caption
+    away = ~(both.masks[:, 0] | both.masks[:, 1])  # background: the same pixels either way
+    near = cv2.dilate(both.masks[:, 1].any(axis=0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert np.array_equal(alone.video[away & ~near], both.video[away & ~near])
+    gone = both.masks[:, 1] & ~alone.masks[:, 0]  # the other subject's pixels are background now
+    assert gone.sum() > 100 and np.abs(alone.video[gone].astype(int) - both.video[gone]).mean() > 40
+
+
 def test_sample_specs_pools_and_determinism():
     assert sample_specs(CONFIG, 20, seed=3) == sample_specs(CONFIG, 20, seed=3)
     assert sample_specs(CONFIG, 20, seed=3) != sample_specs(CONFIG, 20, seed=4)

@@ -568,8 +568,12 @@ def _gait(track: np.ndarray, size: float, on: bool) -> tuple[np.ndarray, np.ndar
     return facing, swing if on else np.zeros(len(track))
 
 
-def render_clip(spec: ClipSpec, config: WorldConfig | None = None) -> WorldClip:
-    """Render one clip; the result depends only on (spec, config)."""
+def render_clip(spec: ClipSpec, config: WorldConfig | None = None, drawn: Sequence[int] = (0, 1)) -> WorldClip:
+    """Render one clip; the result depends only on (spec, config).
+
+    `drawn` lists the subjects painted (diagnostics paint only the actor: `drawn=(0,)`); an
+    undrawn subject still moves as the relation says, but is invisible and its masks are empty.
+    """
     config = config or WorldConfig()
     rng = np.random.default_rng([spec.seed, WORLD_VERSION])
     centres, layout = _trajectories(spec, config, rng)
@@ -590,7 +594,8 @@ def render_clip(spec: ClipSpec, config: WorldConfig | None = None) -> WorldClip:
     canvas = np.zeros((2, config.height, config.width), np.uint8)
     for k in range(config.frames):
         canvas[:] = 0
-        for i, subject in enumerate(spec.subjects):
+        for i in drawn:
+            subject = spec.subjects[i]
             _draw_glyph(canvas[i], subject.kind, centres[k, i], layout.size[i], int(facing[i][k]), float(swing[i][k]))
         image = background.copy()
         first = 1 - front[k]

@@ -296,6 +296,8 @@ class GateConfig(StrictConfig):
 class PretrainConfig(StrictConfig):
     """Everything that defines the toy base model; its fingerprint names the model folder."""
 
+    added_later: ClassVar[dict[str, Any]] = {"t5_heads": "random"}
+
     world: WorldConfig = Field(default_factory=WorldConfig, description="Clip format and pools of the world.")
     held_out_relations: list[str] = Field(
         default=["push", "orbit"],
@@ -304,6 +306,12 @@ class PretrainConfig(StrictConfig):
     vae: VaePretrainConfig = Field(default_factory=VaePretrainConfig, description="VAE phase.")
     dit: DitPretrainConfig = Field(default_factory=DitPretrainConfig, description="Transformer phase.")
     gates: GateConfig = Field(default_factory=GateConfig, description="Checks measured after training.")
+    t5_heads: Literal["random", "neighbours"] = Field(
+        default="random",
+        description="Attention of the frozen random T5: 'random' (its heads barely mix words, so a "
+        "kind word's features do not say which subject it belongs to) or 'neighbours' (each head "
+        "reads one fixed neighbour word, so 'triangle' in 'dark red triangle' carries 'dark').",
+    )
     seed: int = Field(default=0, description="Seed of every random choice (weights, data, noise).")
 
     @model_validator(mode="after")

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
+from transformers.models.t5.modeling_t5 import T5Attention
 
 from dreamrelation.data.world import KINDS, PALETTE, RELATIONS, WorldConfig, render_clip, sample_specs
 from dreamrelation.model.config import PretrainConfig
+from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
 from dreamrelation.model.mochi import TINY_T5, encode_text, normalize_latents, tiny_tokenizer
 from dreamrelation.model.train import add_noise, flow_target, lr_factor, step_generator, timestep_from_noise_level
 
@@ -81,8 +83,40 @@ def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKLMochi, MochiTransfor
             max_sequence_length=256,
         )
         init_pos_frequencies(transformer, cfg.world, d.patch_size)
-        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_T5)).eval()
+        if cfg.t5_heads == "neighbours":
+            t5 = T5Config(vocab_size=len(tokenizer), **{**TINY_T5, "relative_attention_num_buckets": 16})
+            text_encoder = T5EncoderModel(t5).eval()
+            read_neighbours(text_encoder)
+        else:
+            text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_T5)).eval()
     return vae, transformer, text_encoder, tokenizer
+
+
+#: Word offset each head of the `t5_heads="neighbours"` T5 reads (one per head of `TINY_T5`).
+NEIGHBOUR_OFFSETS = (-2, -1, 1, 2)
+
+
+def read_neighbours(text_encoder: T5EncoderModel, strength: float = 10.0) -> None:
+    """Point head h of every layer of a random T5 at the word `NEIGHBOUR_OFFSETS[h]` away.
+
+    Sets the relative-position bias (shared by all layers) to `strength` at that offset's bucket
+    and 0 elsewhere, so each word's output mixes its own features with its neighbours': in
+    "a dark red triangle", the features of "triangle" carry "dark" (two back), which is what lets
+    the DiT bind a kind word to the dark or the light subject. A pretrained T5 contextualizes
+    words by itself; a random one barely does (docs/study.md §5). The offsets need exact buckets
+    (|offset| < num_buckets / 4).
+    """
+    config = text_encoder.config
+    if len(NEIGHBOUR_OFFSETS) != config.num_heads:
+        raise ValueError(f"read_neighbours needs {len(NEIGHBOUR_OFFSETS)} heads, the T5 has {config.num_heads}")
+    bias = text_encoder.encoder.block[0].layer[0].SelfAttention.relative_attention_bias
+    with torch.no_grad():
+        bias.weight.zero_()
+        for head, offset in enumerate(NEIGHBOUR_OFFSETS):
+            bucket = T5Attention._relative_position_bucket(
+                torch.tensor(offset), bidirectional=True, num_buckets=config.relative_attention_num_buckets,
+                max_distance=config.relative_attention_max_distance)
+            bias.weight[int(bucket), head] = strength
 
 
 def init_pos_frequencies(transformer: MochiTransformer3DModel, world: WorldConfig, patch_size: int) -> None:
@@ -306,7 +340,10 @@ def train_dit(
     work: Path,
     on_step: Callable[[int, float], None] | None = None,
 ) -> PhaseResult:
-    """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set."""
+    """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set.
+
+    Runs with the exact, faster joint attention of `model.joint_attention` (same numbers).
+    """
     d = cfg.dit
 
     def loss_at(step: int) -> torch.Tensor:
@@ -316,6 +353,7 @@ def train_dit(
         embeds, masks = data.embeds[index].clone(), data.masks[index].clone()
         drop = torch.rand(d.batch_size, generator=g) < d.caption_dropout
         embeds[drop], masks[drop] = data.empty[0], data.empty[1]
+        embeds, masks = trim_text_padding(embeds, masks)
         s = draw_noise_levels(d.noise_levels, d.batch_size, g)
         eps = torch.randn(z0.shape, generator=g)
         v_pred = transformer(
@@ -327,8 +365,9 @@ def train_dit(
         )[0]
         return torch.mean((v_pred - flow_target(z0, eps)) ** 2)
 
-    return _run_phase("dit", transformer, d.steps, d.lr, d.warmup_steps, work / "dit.pt", d.checkpoint_every,
-                      loss_at, on_step)
+    with batched_joint_attention(transformer):
+        return _run_phase("dit", transformer, d.steps, d.lr, d.warmup_steps, work / "dit.pt", d.checkpoint_every,
+                          loss_at, on_step)
 
 
 def save_base_model(
