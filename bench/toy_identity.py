@@ -4,7 +4,9 @@ Judges held-out world clips three ways: clean, reconstructed by the base's VAE, 
 the base from their captions (seen relations). For every subject it checks the kind and the
 contrast separately (the identity gates need both, for both subjects) and lists the commonest
 kind confusions; how far one-word caption edits (kind, colour, verb) move the frozen T5's
-features and the generated video (same noise); and whether the DiT uses the kind words at all:
+features and the generated video (same noise); how much of the latent variance around a subject its
+kind, contrast and colour explain (what a DiT gains from reading each word); and whether the DiT
+uses the kind words at all:
 held-out clips are noised to level s and denoised again (SDEdit) with their own caption and with
 the kinds swapped for other kinds; if the DiT read the kind words, the right caption would
 bring back the clip's kinds more often than the wrong one. Needs a trained toy base (`dreamrelation pretrain`); a few minutes on 2 cores.
@@ -138,6 +140,34 @@ def kind_word_use(pipe, cfg, clips, levels=(0.6, 0.8, 0.9), steps: int = 16, gui
     return out
 
 
+def latent_variance_shares(pipe, clips) -> dict[str, float]:
+    """Share of the variance of the 3x3 latent cells around each subject explained by its kind,
+    contrast, colour, and kind and contrast together (between-group / total sum of squares)."""
+    z = normalize_latents(encode_clips(pipe.vae, np.stack([c.video for c in clips])), pipe.vae.config).numpy()
+    frames, rows, cols = z.shape[2:]
+    patches, labels = [], collections.defaultdict(list)
+    for clip, latent in zip(clips, z):
+        step = (len(clip.video) - 1) // max(frames - 1, 1)  # video frames per latent frame (6)
+        for f in range(frames):
+            for i, subject in enumerate(clip.spec.subjects):
+                x, y = clip.trajectories[min(f * step, len(clip.video) - 1), i] / 8.0 - 0.5
+                c, r = int(np.clip(round(x), 1, cols - 2)), int(np.clip(round(y), 1, rows - 2))
+                patches.append(latent[:, f, r - 1 : r + 2, c - 1 : c + 2].ravel())
+                for name, value in (("kind", subject.kind), ("contrast", subject.contrast),
+                                    ("colour", subject.colour), ("kind and contrast", subject.kind + subject.contrast)):
+                    labels[name].append(value)
+    x = np.stack(patches)
+    return {name: round(explained_share(x, values), 4) for name, values in labels.items()}
+
+
+def explained_share(x: np.ndarray, values: Sequence[str]) -> float:
+    """Between-group over total sum of squares of rows `x` (N, D) grouped by `values` (R^2 of the group means)."""
+    values = np.asarray(values)
+    centre = x.mean(0)
+    between = sum((values == v).sum() * ((x[values == v].mean(0) - centre) ** 2).sum() for v in set(values))
+    return float(between) / float(((x - centre) ** 2).sum())
+
+
 def attribute_report(pipe, cfg, n_clips: int, n_prompts: int) -> None:
     """Print kind/contrast per subject for clean clips, reconstructions and generations, and edit sensitivities."""
     clips = render_set(cfg, n_clips, cfg.world.relations, phase=6)  # the reconstruction gate's clips
@@ -147,6 +177,7 @@ def attribute_report(pipe, cfg, n_clips: int, n_prompts: int) -> None:
     sample = cfg.gates.sample
     generated = [generate(pipe, caption(s, cfg.world), sample.model_copy(update={"seed": sample.seed + i}))
                  for i, s in enumerate(specs)]
+    print(f"share of the latent variance around a subject explained by: {latent_variance_shares(pipe, clips)}")
     print(f"T5 feature change per one-word edit: {text_separation(pipe)}")
     print(f"generation pixel change per one-word edit (same noise): {output_sensitivity(pipe, sample)}")
     for name, rows, row_specs in (("clean clips", videos, [c.spec for c in clips]),

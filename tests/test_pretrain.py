@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import MochiPipeline
@@ -233,6 +234,20 @@ def test_kind_word_diagnostic_runs_on_a_toy_base(toy_base: Path) -> None:
     assert set(rows) == {"s=0.5 own caption", "s=0.5 kinds swapped"}
     for row in rows.values():
         assert 0.0 <= row["kind"] <= 1.0 and row["flow loss"] > 0
+
+
+def test_explained_share_by_hand(toy_base: Path) -> None:
+    from dreamrelation.model.mochi import load_pipeline
+    from dreamrelation.model.pretrain import render_set
+
+    bench = _bench("toy_identity")
+    # groups a = {0, 2}, b = {10, 12}: total SS 104 about the mean 6, between-group SS 2*25 + 2*25
+    x = np.array([[0.0], [2.0], [10.0], [12.0]])
+    assert bench.explained_share(x, ["a", "a", "b", "b"]) == pytest.approx(100 / 104)
+    assert bench.explained_share(x, ["a", "b", "a", "b"]) == pytest.approx(4 / 104)  # means 5 and 7
+    shares = bench.latent_variance_shares(load_pipeline(toy_base / MODEL_DIR), render_set(MICRO, 3, MICRO.seen_relations, 6))
+    assert set(shares) == {"kind", "contrast", "colour", "kind and contrast"}
+    assert all(0.0 <= v <= 1.0 for v in shares.values()) and shares["kind and contrast"] >= shares["kind"]
 
 
 def test_a_base_that_differs_only_in_its_dit_adopts_the_finished_vae_and_training_set(tmp_path: Path) -> None:
