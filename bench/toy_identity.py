@@ -160,6 +160,24 @@ def latent_variance_shares(pipe, clips) -> dict[str, float]:
     return {name: round(explained_share(x, values), 4) for name, values in labels.items()}
 
 
+def kind_word_shares(tokenizer, text_encoder, cfg, n: int = 600) -> dict[str, float]:
+    """Share of the variance of a kind word's T5 feature explained by its own kind and by the
+    contrast word of its phrase ('dark' in 'a dark red triangle'): can the DiT bind them?"""
+    specs = sample_specs(cfg.world, n, relations=cfg.seen_relations, seed=cfg.seed + 104729)
+    captions = [caption(s, cfg.world) for s in specs]
+    features, _ = encode_text(tokenizer, text_encoder, captions)
+    nouns = {tokenizer.convert_tokens_to_ids(f"▁{KINDS[k].noun}") for k in KINDS}
+    rows, kinds, contrasts = [], [], []
+    for feature, spec, ids in zip(features, specs, tokenizer(captions).input_ids):
+        places = [i for i, token in enumerate(ids) if token in nouns]
+        for place, subject in zip(places, spec.subjects):  # the actor's noun comes first
+            rows.append(feature[place].numpy())
+            kinds.append(subject.kind)
+            contrasts.append(subject.contrast)
+    x = np.stack(rows)
+    return {"its kind": round(explained_share(x, kinds), 3), "its phrase's contrast": round(explained_share(x, contrasts), 3)}
+
+
 def explained_share(x: np.ndarray, values: Sequence[str]) -> float:
     """Between-group over total sum of squares of rows `x` (N, D) grouped by `values` (R^2 of the group means)."""
     values = np.asarray(values)
@@ -179,6 +197,7 @@ def attribute_report(pipe, cfg, n_clips: int, n_prompts: int) -> None:
                  for i, s in enumerate(specs)]
     print(f"share of the latent variance around a subject explained by: {latent_variance_shares(pipe, clips)}")
     print(f"T5 feature change per one-word edit: {text_separation(pipe)}")
+    print(f"share of a kind word's T5 feature explained by: {kind_word_shares(pipe.tokenizer, pipe.text_encoder, cfg)}")
     print(f"generation pixel change per one-word edit (same noise): {output_sensitivity(pipe, sample)}")
     for name, rows, row_specs in (("clean clips", videos, [c.spec for c in clips]),
                                   ("VAE reconstructions", recon, [c.spec for c in clips]),

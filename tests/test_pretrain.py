@@ -296,7 +296,7 @@ def test_neighbour_heads_put_the_contrast_word_into_the_kind_word() -> None:
     from dreamrelation.model.pretrain import NEIGHBOUR_OFFSETS, build_models
 
     base = "A {} red triangle is approaching a light blue {}."
-    change = {}
+    change, shares = {}, {}
     for heads in ("random", "neighbours"):
         _, _, t5, tokenizer = build_models(PretrainConfig(t5_heads=heads))
         features = {words: encode_text(tokenizer, t5, [base.format(*words)])[0][0]
@@ -311,6 +311,10 @@ def test_neighbour_heads_put_the_contrast_word_into_the_kind_word() -> None:
         if heads == "neighbours":
             bias = t5.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
             assert int((bias != 0).sum()) == len(NEIGHBOUR_OFFSETS) == t5.config.num_heads
+        shares[heads] = _bench("toy_identity").kind_word_shares(tokenizer, t5, PretrainConfig(), n=200)
     near, far = change["neighbours"]
     assert near > 0.5 and far < 0.05, change  # contrast word 2 back: big; kind word 8 ahead: none
     assert change["random"][0] < 0.3, change  # the random T5 barely binds
+    # over many captions: the random T5's kind word says nothing of its phrase's contrast
+    assert shares["random"]["its phrase's contrast"] < 0.02 < 0.08 < shares["neighbours"]["its phrase's contrast"]
+    assert shares["random"]["its kind"] > 0.5 and shares["neighbours"]["its kind"] > 0.2
