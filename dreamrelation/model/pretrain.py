@@ -313,7 +313,11 @@ def dit_data(
         leaked = [c for c in captions for r in cfg.held_out_relations if RELATIONS[r].verb in c]
         if leaked:
             raise AssertionError(f"a held-out verb in a pretraining caption: {leaked[0]}")
-        latents = normalize_latents(encode_clips(vae, np.stack([c.video for c in clips])), vae.config)
+        videos, parts = np.stack([c.video for c in clips]), []
+        for i in range(0, len(videos), 96):  # whole batches of 8, so chunking changes no number
+            parts.append(encode_clips(vae, videos[i : i + 96]))
+            log.info("dit data: encoded %d/%d clips", min(i + 96, len(videos)), len(videos))
+        latents = normalize_latents(torch.cat(parts), vae.config)
         embeds, masks = [], []
         for i in range(0, len(captions), 64):
             e, m = encode_text(tokenizer, text_encoder, captions[i : i + 64])

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from dreamrelation.model import lora, numerics
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
+from dreamrelation.model.joint_attention import trim_text_padding
 from dreamrelation.model.losses import MemoryBank, masked_flow_loss, relational_contrastive_step
 from dreamrelation.model.mochi import (
     LatentNorm,
@@ -254,8 +255,7 @@ def train_step(
     t = timestep_from_noise_level(s).to(device)
     target = flow_target(z0, eps).to(device)
     embeds, mask = empty_text if drop_caption else (clip.text_embeds, clip.text_mask)
-    embeds = embeds.to(device, state.dtype).unsqueeze(0)
-    mask = mask.to(device).bool().unsqueeze(0)
+    embeds, mask = trim_text_padding(embeds.to(device, state.dtype).unsqueeze(0), mask.to(device).bool().unsqueeze(0))
     loss_mask = None
     if group in MASK_INDEX and not direct:
         loss_mask = clip.latent_masks[:, MASK_INDEX[group]].to(device).unsqueeze(0)
