@@ -148,8 +148,12 @@ def test_fields_added_later_are_left_out_at_any_depth():
 
     default = load_toy_config(None, [])
     assert "patch_size" not in default.pretrain.key_dump()["dit"]
-    # The key of the toy base that docs/study.md reports on, trained before these fields existed.
-    assert plan_toy(default)["pretrain_base"].key == "base/toy-30f30c57d9079f38"
+    # The toy bases docs/study.md reports on: the first default, trained before these fields
+    # existed (random T5 heads, 2,500 DiT steps), and today's default.
+    earlier = load_toy_config(None, ["pretrain.t5_heads=random", "pretrain.dit.steps=2500"])
+    assert "t5_heads" not in earlier.pretrain.key_dump()  # at its value from before the field existed
+    assert plan_toy(earlier)["pretrain_base"].key == "base/toy-30f30c57d9079f38"
+    assert plan_toy(default)["pretrain_base"].key == "base/toy-7104871a201aba46"
     changed = load_toy_config(None, ["pretrain.dit.noise_levels=logit_normal"])
     assert changed.pretrain.key_dump()["dit"]["noise_levels"] == "logit_normal"
-    assert plan_toy(changed)["pretrain_base"].key != "base/toy-30f30c57d9079f38"
+    assert plan_toy(changed)["pretrain_base"].key != "base/toy-7104871a201aba46"

@@ -269,7 +269,7 @@ class DitPretrainConfig(StrictConfig):
         "subjects' shapes are decided, more often.",
     )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
-    steps: int = Field(default=2500, ge=0, description="Optimizer steps.")
+    steps: int = Field(default=7500, ge=0, description="Optimizer steps.")
     batch_size: int = Field(default=16, ge=1, description="Clips per step.")
     lr: float = Field(default=5e-4, gt=0, description="AdamW peak learning rate (warmup, then cosine).")
     warmup_steps: int = Field(default=100, ge=0, description="Linear warmup steps.")
@@ -307,7 +307,7 @@ class PretrainConfig(StrictConfig):
     dit: DitPretrainConfig = Field(default_factory=DitPretrainConfig, description="Transformer phase.")
     gates: GateConfig = Field(default_factory=GateConfig, description="Checks measured after training.")
     t5_heads: Literal["random", "neighbours"] = Field(
-        default="random",
+        default="neighbours",
         description="Attention of the frozen random T5: 'random' (its heads barely mix words, so a "
         "kind word's features do not say which subject it belongs to) or 'neighbours' (each head "
         "reads one fixed neighbour word, so 'triangle' in 'dark red triangle' carries 'dark').",
