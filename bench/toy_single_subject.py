@@ -25,8 +25,15 @@ import torch
 
 from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import KINDS, ClipSpec, render_clip, sample_specs
-from dreamrelation.model.mochi import encode_text, load_pipeline, normalize_latents
-from dreamrelation.model.pretrain import DitData, build_models, decode_clips, encode_clips, train_dit
+from dreamrelation.model.mochi import load_pipeline
+from dreamrelation.model.pretrain import (
+    DitData,
+    build_models,
+    decode_clips,
+    encode_clips,
+    encode_training_set,
+    train_dit,
+)
 from dreamrelation.model.sample import generate
 from dreamrelation.perception.judge import judge_video
 from dreamrelation.plan import plan_toy
@@ -69,21 +76,14 @@ def main() -> None:
     pipe = load_pipeline(base / MODEL_DIR)
 
     cache = out / "dit_data.pt"
-    state = torch.load(cache, weights_only=False) if cache.is_file() else None
-    with torch.no_grad():
-        if state is None:
-            specs = sample_specs(cfg.world, cfg.dit.clips, relations=cfg.seen_relations, seed=cfg.seed + 5)
-            videos = np.stack([render_clip(s, cfg.world, drawn=(0,)).video for s in specs])
-            latents = normalize_latents(encode_clips(pipe.vae, videos), pipe.vae.config)
-            captions = [single_caption(s) for s in specs]
-            parts = [encode_text(pipe.tokenizer, pipe.text_encoder, captions[i : i + 64])
-                     for i in range(0, len(captions), 64)]
-            empty = encode_text(pipe.tokenizer, pipe.text_encoder, [""])
-            state = {"latents": latents, "embeds": torch.cat([e for e, _ in parts]),
-                     "masks": torch.cat([m for _, m in parts]), "empty": (empty[0][0], empty[1][0]),
-                     "captions": captions}
-            torch.save(state, cache)
-    data = DitData(state["latents"], state["embeds"], state["masks"], state["empty"], state["captions"])
+    if cache.is_file():
+        data = DitData(**torch.load(cache, weights_only=False))
+    else:
+        specs = sample_specs(cfg.world, cfg.dit.clips, relations=cfg.seen_relations, seed=cfg.seed + 5)
+        videos = np.stack([render_clip(s, cfg.world, drawn=(0,)).video for s in specs])
+        data = encode_training_set(pipe.vae, pipe.tokenizer, pipe.text_encoder, videos,
+                                   [single_caption(s) for s in specs])
+        torch.save(vars(data), cache)
     _, transformer, _, _ = build_models(cfg)
     run_dir = out / f"dit-{cfg.dit.steps}-steps"
     run_dir.mkdir(exist_ok=True)

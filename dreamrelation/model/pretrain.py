@@ -83,12 +83,11 @@ def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKLMochi, MochiTransfor
             max_sequence_length=256,
         )
         init_pos_frequencies(transformer, cfg.world, d.patch_size)
+        buckets = 16 if cfg.t5_heads == "neighbours" else TINY_T5["relative_attention_num_buckets"]
+        t5 = T5Config(vocab_size=len(tokenizer), **{**TINY_T5, "relative_attention_num_buckets": buckets})
+        text_encoder = T5EncoderModel(t5).eval()
         if cfg.t5_heads == "neighbours":
-            t5 = T5Config(vocab_size=len(tokenizer), **{**TINY_T5, "relative_attention_num_buckets": 16})
-            text_encoder = T5EncoderModel(t5).eval()
             read_neighbours(text_encoder)
-        else:
-            text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_T5)).eval()
     return vae, transformer, text_encoder, tokenizer
 
 
@@ -301,6 +300,22 @@ class DitData:
     captions: list[str]
 
 
+@torch.no_grad()
+def encode_training_set(
+    vae: AutoencoderKLMochi, tokenizer: T5Tokenizer, text_encoder: T5EncoderModel, videos: np.ndarray,
+    captions: list[str],
+) -> DitData:
+    """The DiT's training set: normalized VAE latents of uint8 `videos` and T5 features of `captions`."""
+    parts = []
+    for i in range(0, len(videos), 96):  # whole batches of 8, so chunking changes no number
+        parts.append(encode_clips(vae, videos[i : i + 96]))
+        log.info("dit data: encoded %d/%d clips", min(i + 96, len(videos)), len(videos))
+    text = [encode_text(tokenizer, text_encoder, captions[i : i + 64]) for i in range(0, len(captions), 64)]
+    empty = encode_text(tokenizer, text_encoder, [""])
+    return DitData(normalize_latents(torch.cat(parts), vae.config), torch.cat([e for e, _ in text]),
+                   torch.cat([m for _, m in text]), (empty[0][0], empty[1][0]), captions)
+
+
 def dit_data(
     vae: AutoencoderKLMochi, tokenizer: T5Tokenizer, text_encoder: T5EncoderModel, cfg: PretrainConfig, work: Path
 ) -> DitData:
@@ -313,21 +328,9 @@ def dit_data(
         leaked = [c for c in captions for r in cfg.held_out_relations if RELATIONS[r].verb in c]
         if leaked:
             raise AssertionError(f"a held-out verb in a pretraining caption: {leaked[0]}")
-        videos, parts = np.stack([c.video for c in clips]), []
-        for i in range(0, len(videos), 96):  # whole batches of 8, so chunking changes no number
-            parts.append(encode_clips(vae, videos[i : i + 96]))
-            log.info("dit data: encoded %d/%d clips", min(i + 96, len(videos)), len(videos))
-        latents = normalize_latents(torch.cat(parts), vae.config)
-        embeds, masks = [], []
-        for i in range(0, len(captions), 64):
-            e, m = encode_text(tokenizer, text_encoder, captions[i : i + 64])
-            embeds.append(e)
-            masks.append(m)
-        empty = encode_text(tokenizer, text_encoder, [""])
-        state = {"latents": latents, "embeds": torch.cat(embeds), "masks": torch.cat(masks),
-                 "empty": (empty[0][0], empty[1][0]), "captions": captions}
+        state = vars(encode_training_set(vae, tokenizer, text_encoder, np.stack([c.video for c in clips]), captions))
         _save(cache, state)
-    return DitData(state["latents"], state["embeds"], state["masks"], state["empty"], state["captions"])
+    return DitData(**state)
 
 
 def draw_noise_levels(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
