@@ -7,9 +7,11 @@ import pytest
 import zarr
 
 from dreamrelation.data.store import (
+    ArtifactLockedError,
     ArtifactMissingError,
     ArtifactStore,
     StoreNotWritableError,
+    disk_full_error,
     fingerprint,
     zarr_location,
 )
@@ -143,3 +145,84 @@ def test_writable_root_check_leaves_nothing_behind(tmp_path):
     ArtifactStore(tmp_path / "new" / "root").check_writable()
     assert list((tmp_path / "new" / "root").iterdir()) == []
     ArtifactStore("memory://probe-root").check_writable()
+
+
+# -- one writer per artifact (issue 24.1) ---------------------------------------------------------
+def test_second_writer_is_refused_naming_the_first(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with store.lock("relations/A058/latents-1", holder="a058-encode-latents-1"):
+        lock_file = tmp_path / "relations/A058/latents-1.lock"
+        assert json.loads(lock_file.read_text())["holder"] == "a058-encode-latents-1"
+        with pytest.raises(ArtifactLockedError) as refused:
+            with store.lock("relations/A058/latents-1", holder="second"):
+                pytest.fail("two writers held one artifact")
+        message = str(refused.value)
+        assert "is being built by run 'a058-encode-latents-1' (pid " in message
+        assert str(tmp_path / "relations/A058/latents-1") in message
+        with store.lock("relations/A058/masks-1", holder="other artifact"):  # locks are per artifact
+            pass
+    assert not lock_file.exists()
+    with store.lock("relations/A058/latents-1", holder="after"):  # free again once released
+        pass
+
+
+def test_lock_of_a_killed_holder_is_free(tmp_path):
+    """The kernel drops a flock when its process dies, even by SIGKILL: no stale lock to clean by hand."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from dreamrelation.data.store import ArtifactStore
+        with ArtifactStore({str(tmp_path)!r}).lock("k", holder="doomed"):
+            print("held", flush=True)
+            time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(ArtifactLockedError, match="run 'doomed'"):
+            with ArtifactStore(tmp_path).lock("k", holder="me"):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    with ArtifactStore(tmp_path).lock("k", holder="me"):
+        assert json.loads((tmp_path / "k.lock").read_text())["holder"] == "me"
+
+
+def test_object_store_lease_refuses_while_fresh_and_is_taken_over_when_expired(monkeypatch):
+    monkeypatch.setattr("dreamrelation.data.store.time.sleep", lambda seconds: None)
+    store = ArtifactStore("memory://lease-test")
+    with store.lock("runs/train-1", holder="first"):
+        with pytest.raises(ArtifactLockedError, match="being built by run 'first'.*a lease on the object store"):
+            with store.lock("runs/train-1", holder="second"):
+                pass
+    assert not store.fs.exists(store.path("runs/train-1.lock"))
+    with store.fs.open(store.path("runs/train-1.lock"), "w") as handle:  # a holder that died long ago
+        json.dump({"holder": "dead", "token": "x", "expires": 0}, handle)
+    with store.lock("runs/train-1", holder="second"):
+        assert json.load(store.fs.open(store.path("runs/train-1.lock")))["holder"] == "second"
+
+
+def test_remove_partials_only_touches_the_keys_own_leftovers(tmp_path):
+    store = ArtifactStore(tmp_path)
+    for name in ("latents-1.partial-0a1b", "latents-1.partial-ffff", "latents-12.partial-0000", "latents-1"):
+        (tmp_path / "r" / name).mkdir(parents=True)
+    store.remove_partials("r/latents-1")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["latents-1", "latents-12.partial-0000"]
+
+
+def test_disk_full_error_is_found_in_wrapped_errors():
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/x.zarr/c/0")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("zarr could not store chunk") from exc
+    except RuntimeError as wrapped:
+        assert disk_full_error(wrapped) is full
+    assert disk_full_error(RuntimeError("[enforce fail] file write failed: No space left on device")).errno == errno.ENOSPC
+    assert disk_full_error(ValueError("bad value")) is None
+    assert disk_full_error(OSError(errno.ENOENT, "No such file")) is None

@@ -6,14 +6,22 @@ Contract (DESIGN.md "Each stage"):
 - it is written under a temporary sibling name, moved into place, and only then is the
   completion marker `<key>.complete.json` written; readers trust an artifact only when the
   marker exists, so an interrupted write is never read as complete;
-- `force=True` deletes the marker first, then recomputes.
+- `force=True` deletes the marker first, then recomputes;
+- one run at a time builds an artifact: `lock(key)` holds `<key>.lock` while it works (an
+  advisory `flock` on local roots, released by the kernel however the process ends; a lease
+  renewed by a heartbeat on object stores), and a second run is refused with the holder's name.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -28,6 +36,11 @@ from pydantic import BaseModel
 import dreamrelation
 
 MARKER_SUFFIX = ".complete.json"
+LOCK_SUFFIX = ".lock"
+#: An object-store lease lasts this long unless its holder renews it (every third of it).
+LEASE_SECONDS = 120.0
+#: Errors of a full or read-only disk: the user must free space, not read a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class ArtifactMissingError(FileNotFoundError):
@@ -36,6 +49,70 @@ class ArtifactMissingError(FileNotFoundError):
 
 class StoreNotWritableError(ValueError):
     """The artifact root cannot be written (read-only mount, a file, no permission)."""
+
+
+class ArtifactLockedError(ValueError):
+    """Another run is building the artifact right now."""
+
+
+class DiskFullError(OSError):
+    """A stage could not write: the disk (or quota) is full, or the file system is read-only."""
+
+
+def holder_record(holder: str) -> dict[str, Any]:
+    """Who holds a lock: the run's name, this process and host, and since when (UTC)."""
+    return {
+        "holder": holder,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def disk_full_error(exc: BaseException) -> OSError | None:
+    """The `OSError` of a full disk (or quota, or read-only file system) in `exc`'s chain, if any.
+
+    Libraries wrap it (zarr, numcodecs) or keep only its text (torch.save's RuntimeError), so the
+    chain is walked and the text is read too.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc
+        if "No space left on device" in str(exc):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A local lock file's holder record; None while its holder has not written it yet."""
+    try:
+        return json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+
+
+def describe_holder(record: dict[str, Any] | None) -> str:
+    """`run 'a058-encode-latents-1a2b' (pid 4242 on gpu-1, since 2026-12-05T13:01:02+00:00)`."""
+    if not record:
+        return "another run (it has just started)"
+    return f"run {record.get('holder')!r} (pid {record.get('pid')} on {record.get('host')}, since {record.get('since')})"
+
+
+#: Lock files this process holds (path -> remove), so an interrupted CLI can drop them on its way out.
+_HELD_LOCKS: dict[str, Any] = {}
+
+
+def release_held_locks() -> None:
+    """Remove every lock file this process holds (the CLI calls it when Ctrl-C ends it at once)."""
+    for release in list(_HELD_LOCKS.values()):
+        try:
+            release()
+        except (OSError, ValueError):  # best effort: a lease left behind expires by itself
+            pass
+    _HELD_LOCKS.clear()
 
 
 def fingerprint(stage: str, config: Any, inputs: list[str], code_version: str) -> str:
@@ -97,6 +174,107 @@ class ArtifactStore:
         except (OSError, ValueError) as exc:  # fsspec backends raise OSError subclasses or ValueError
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             raise StoreNotWritableError(f"artifact root {self.root} is not writable: {reason}") from None
+
+    # -- one writer per artifact ---------------------------------------------------------------
+    @contextmanager
+    def lock(self, key: str, holder: str) -> Iterator[None]:
+        """Hold `key`'s lock while the block runs; `ArtifactLockedError` names the run holding it.
+
+        `holder` names this run in that message (e.g. the Prefect flow run's name).
+        """
+        with (self._local_lock if self.is_local else self._lease)(key, holder_record(holder)):
+            yield
+
+    @contextmanager
+    def _local_lock(self, key: str, record: dict[str, Any]) -> Iterator[None]:
+        path = Path(self.path(key) + LOCK_SUFFIX)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ArtifactLockedError(
+                    f"artifact {self.uri(key)} is being built by {describe_holder(_read_record(path))}; "
+                    "wait for that run to end (or stop it), then run again"
+                ) from None
+            try:  # the holder before us may have removed the file after we opened it: retry on the new one
+                same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                break
+            os.close(fd)
+        _HELD_LOCKS[str(path)] = lambda: path.unlink(missing_ok=True)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(record).encode())
+            yield
+        finally:
+            _HELD_LOCKS.pop(str(path), None)
+            path.unlink(missing_ok=True)  # while still locked, so no one takes a removed file
+            os.close(fd)
+
+    @contextmanager
+    def _lease(self, key: str, record: dict[str, Any]) -> Iterator[None]:
+        """Object stores have no locks: a lease file that the holder renews while it works.
+
+        A lease not renewed for `LEASE_SECONDS` (its holder died) is taken over. Two runs that
+        start within the same second can both write a lease; each reads it back and only the
+        one whose lease is there goes on (the object store keeps the last write).
+        """
+        path = self.path(key) + LOCK_SUFFIX
+        token = uuid.uuid4().hex
+        current = self._read_lease(path)
+        if current is not None and current.get("expires", 0) > time.time():
+            raise ArtifactLockedError(
+                f"artifact {self.uri(key)} is being built by {describe_holder(current)} (a lease on the "
+                f"object store, renewed every {LEASE_SECONDS / 3:.0f} s); wait for that run to end, then run again"
+            )
+        self._write_lease(path, {**record, "token": token})
+        time.sleep(0.2)
+        current = self._read_lease(path)
+        if current is None or current.get("token") != token:
+            raise ArtifactLockedError(f"artifact {self.uri(key)} is being built by {describe_holder(current)}")
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(LEASE_SECONDS / 3):
+                self._write_lease(path, {**record, "token": token})
+
+        heartbeat = threading.Thread(target=renew, name=f"lease {key}", daemon=True)
+        heartbeat.start()
+        _HELD_LOCKS[path] = lambda: self.fs.rm(path)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.pop(path, None)
+            stop.set()
+            heartbeat.join()
+            current = self._read_lease(path)
+            if current is not None and current.get("token") == token:
+                self.fs.rm(path)
+
+    def _read_lease(self, path: str) -> dict[str, Any] | None:
+        try:
+            with self.fs.open(path, "r") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):  # absent, or torn by a concurrent write
+            return None
+
+    def _write_lease(self, path: str, record: dict[str, Any]) -> None:
+        with self.fs.open(path, "w") as handle:
+            json.dump({**record, "expires": time.time() + LEASE_SECONDS}, handle)
+
+    def remove_partials(self, key: str) -> None:
+        """Delete what interrupted writers of `key` left (`<key>.partial-*`); call it holding the lock."""
+        parent, name = self.path(key).rsplit("/", 1)
+        if not self.fs.exists(parent):
+            return
+        for entry in self.fs.ls(parent, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1].startswith(f"{name}.partial-"):
+                self.fs.rm(entry, recursive=True)
 
     # -- completion ----------------------------------------------------------------------------
     def is_complete(self, key: str) -> bool:
