@@ -21,7 +21,14 @@ from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.captions import CaptionConfig
 from dreamrelation.data.folder import FolderListing, list_folder_dataset
 from dreamrelation.data.masks import SKELETON_BACKENDS, MaskConfig
-from dreamrelation.data.relations import Relation, describe_yaml_error, get_relation, load_relation_table
+from dreamrelation.data.ntu import normalize_relation_id
+from dreamrelation.data.relations import (
+    Relation,
+    RelationError,
+    describe_yaml_error,
+    get_relation,
+    load_relation_table,
+)
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
@@ -74,7 +81,7 @@ class PipelineConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _masks_fit_the_source(self) -> PipelineConfig:
-        """Skeleton backends need NTU skeletons; provided masks exist only in folder datasets."""
+        """Skeleton backends need NTU skeletons; provided masks exist only in folder datasets (checked at selection)."""
         if self.select.source == "folder" and self.masks.backend in SKELETON_BACKENDS:
             raise ValueError(
                 f"masks.backend={self.masks.backend} needs NTU .skeleton files, which a folder dataset "
@@ -85,6 +92,12 @@ class PipelineConfig(StrictConfig):
                              "set select.source=folder, or use a skeleton or grounded-sam2 backend for NTU")
         if self.select.source == "folder" and self.synthetic is not None:
             raise ValueError("synthetic generates an NTU-format dataset: set synthetic=null with select.source=folder")
+        if self.select.source == "ntu" and self.select.require_masks:
+            raise ValueError("select.require_masks checks a folder dataset's own masks (<clip>.masks.npz): "
+                             "NTU clips have none; set it with select.source=folder")
+        if self.masks.backend == "provided" and not self.select.require_masks:
+            # selection checks every clip's masks, so a clip whose masks do not fit is replaced there
+            self.select = self.select.model_copy(update={"require_masks": True})
         return self
 
     @model_validator(mode="after")
@@ -127,9 +140,15 @@ def relations_to_run(config: PipelineConfig, relations: list[str]) -> list[str]:
 
     Raises RelationError for an unknown relation and ValueError for one listed twice.
     """
-    table = relation_table(config)
+    listing = list_folder_dataset(config.select.dataset_root) if config.select.source == "folder" else None
+    table = relation_table(config, listing)
     if relations == [ALL]:
         return list(table)
+    if listing is not None:
+        for relation in relations:
+            why = None if normalize_relation_id(relation) in table else listing.why_not_a_relation(relation)
+            if why:
+                raise RelationError(f"relation {relation!r}: {why}")
     ids = [get_relation(relation, table).id for relation in relations]
     repeated = sorted({r for r in ids if ids.count(r) > 1})
     if repeated:

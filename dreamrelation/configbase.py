@@ -16,9 +16,15 @@ from pydantic_core import PydanticCustomError
 
 
 def unknown_key_message(key: str, valid: Iterable[str]) -> str:
-    """`unknown key 'x'; did you mean 'y'?`, or the valid keys when none is close."""
+    """`unknown key 'x'; did you mean 'y'?`, or the valid keys when none is close.
+
+    Close means similar spelling (difflib), or else one key being the start of the other, the
+    longest such first: `lr_typo` -> `lr`, `sample` -> `sample_every`.
+    """
     valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=1)
+    lowered = key.lower()
+    prefixes = [v for v in valid if lowered.startswith(v.lower()) or v.lower().startswith(lowered)]
+    close = difflib.get_close_matches(key, valid, n=1) or sorted(prefixes, key=len, reverse=True)[:1]
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
     return f"unknown key {key!r}; {hint}"
 

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("perception", ("dreamrelation.perception",)),
     ("evaluation", ("dreamrelation.evaluation",)),
     ("stages", ("dreamrelation.stages",)),
-    ("pipeline", ("dreamrelation.config", "dreamrelation.plan")),
+    ("pipeline", ("dreamrelation.config", "dreamrelation.plan", "dreamrelation.preflight")),
     ("tasks", ("dreamrelation.tasks",)),
     ("flows", ("dreamrelation.flows",)),
 )

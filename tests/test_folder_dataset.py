@@ -248,7 +248,9 @@ def test_bad_masks_fail_their_clip_with_the_reason(demo_folder: Path, tmp_path: 
     np.savez(push / "take 02.masks.npz", masks=good[:0])  # wrong frame count, empty
     (push / "take 03.masks.npz").unlink()  # no masks at all
     config = folder_config(folder, tmp_path)
-    manifest = select_clips(relation_table(config)["push_away"], config.select, config.video)
+    # selection drops such clips first (issue 24 §5); make_masks still checks every clip it is given
+    unchecked = config.select.model_copy(update={"require_masks": False})
+    manifest = select_clips(relation_table(config)["push_away"], unchecked, config.video)
     summary = make_masks(manifest, str(tmp_path / "masks"), config.video, config.masks)
     assert summary["ok"] == 1 and summary["failed"] == 3
     assert "clip take 01: take 01.masks.npz has 24 frames of masks, the video has 25" in summary["reasons"]["take 01"]
@@ -386,3 +388,53 @@ def test_cli_validates_folder_relations_before_starting_anything(demo_folder: Pa
     result = CliRunner().invoke(app, ["select", "-r", "hug", "-c", "own-folder", *sets])
     assert result.exit_code == 2 and "unknown relation 'hug'" in result.output and "push_away (Push Away)" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "artifacts").exists()
+
+
+# --------------------------------------------------------------------------- masks checked at selection (issue 24 §5)
+
+
+def test_a_clip_whose_masks_do_not_fit_is_replaced_by_the_next_usable_clip(demo_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(demo_folder, tmp_path)
+    config = folder_config(folder, tmp_path, "select.clips_per_relation=3")
+    assert config.select.require_masks  # masks.backend=provided: a clip is usable only with masks that fit
+    relation = relation_table(config)["push_away"]
+    first = select_clips(relation, config.select, config.video)
+    victim = first.clips[0].clip_id
+    masks_file = folder / "videos" / "Push Away" / f"{victim}.masks.npz"
+    if not masks_file.exists():  # take-04 keeps its masks as label PNGs
+        victim = first.clips[1].clip_id
+        masks_file = folder / "videos" / "Push Away" / f"{victim}.masks.npz"
+    good = np.load(masks_file)["masks"]
+    np.savez(masks_file, masks=good[:-1])  # one frame short
+    after = select_clips(relation, config.select, config.video)
+    assert len(after.clips) == 3 and victim not in after.clip_ids
+    assert set(after.clip_ids) - set(first.clip_ids)  # the next usable clip took its place
+    reason = {d.clip_id: d.reason for d in after.dropped}[victim]
+    assert reason == f"masks do not fit: clip {victim}: {victim}.masks.npz has {len(good) - 1} frames of masks, " \
+                     f"the video has {len(good)}"
+    (folder / "videos" / "Push Away" / "take-04.masks" / "frame7.png").unlink()
+    with pytest.raises(SelectionError, match=r"2 usable clip\(s\), 3 requested .*take-04: masks do not fit: "
+                                             r"clip take-04: take-04.masks has 24 frames of masks, the video has 25"):
+        select_clips(relation, config.select, config.video)
+
+
+def test_masks_are_checked_without_loading_them(tmp_path: Path) -> None:
+    from dreamrelation.data.folder import check_user_masks
+
+    masks = np.zeros((7, 2, 6, 10), np.uint8)
+    np.savez_compressed(tmp_path / "c.masks.npz", masks=masks)
+    check_user_masks(str(tmp_path / "c.masks.npz"), "c", 7, 6, 10)
+    with pytest.raises(MaskFileError, match="the video is 10x5"):
+        check_user_masks(str(tmp_path / "c.masks.npz"), "c", 7, 5, 10)
+    np.savez(tmp_path / "f.masks.npz", masks=masks.astype(np.float32))
+    with pytest.raises(MaskFileError, match="masks must be bool or uint8, got float32"):
+        check_user_masks(str(tmp_path / "f.masks.npz"), "f", 7, 6, 10)
+    (tmp_path / "bad.masks.npz").write_bytes(b"not a zip")
+    with pytest.raises(MaskFileError, match="cannot read bad.masks.npz"):
+        check_user_masks(str(tmp_path / "bad.masks.npz"), "bad", 7, 6, 10)
+
+
+def test_require_masks_is_set_by_the_provided_backend_and_refused_for_ntu() -> None:
+    assert not PipelineConfig().select.require_masks
+    with pytest.raises(ConfigError, match="select.require_masks"):
+        load_config("demo", ["select.require_masks=true"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -179,6 +181,11 @@ def test_direct_export_keeps_the_single_adapter(tiny_dir: Path, tmp_path: Path) 
     state = lora.inference_state_dict(model)
     assert any(".to_v.lora_A." in k for k in state)
     assert len(state) == len(lora.lora_parameters(model))
-    lora.export_inference_lora(model, tmp_path / "direct.safetensors")
+    previous = os.umask(0o022)
+    try:
+        path = lora.export_inference_lora(model, tmp_path / "direct.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # issue 24.6: not the temporary folder's 0600
     with pytest.raises(ValueError, match="no inference adapter"):
         lora.inference_state_dict(load_transformer(tiny_dir))

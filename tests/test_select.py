@@ -378,3 +378,92 @@ def test_store_cache_entries_are_whole_or_absent(tmp_path):
     assert ArtifactStore(tmp_path / "file").write_cache("cache/x", b"data") is False  # a cache never fails a stage
     remote = ArtifactStore("memory://cache-test")
     assert remote.write_cache("cache/y", b"data") and remote.read_cache("cache/y") == b"data"
+
+
+# -- what the select key is made of (issue 24 §3) ----------------------------------------------------
+from dreamrelation.config import PipelineConfig  # noqa: E402
+from dreamrelation.plan import plan_relation  # noqa: E402
+
+
+def _ntu_config(dataset_root, tmp_path) -> PipelineConfig:
+    return PipelineConfig(root=str(tmp_path / "artifacts"), synthetic=None,
+                          select={"dataset_root": str(dataset_root), "clips_per_relation": 3})
+
+
+def test_a_relative_dataset_root_gets_one_key_per_folder(tmp_path, synthetic_root, monkeypatch):
+    """Two folders holding byte-identical datasets (copytree keeps mtimes): only the resolved root tells them apart."""
+    for name in ("a", "b"):
+        shutil.copytree(synthetic_root, tmp_path / name / "ntu")
+    config = _ntu_config("ntu", tmp_path)
+    keys = {}
+    for name in ("a", "b", "a"):
+        monkeypatch.chdir(tmp_path / name)
+        keys.setdefault(name, set()).add(plan_relation("A058", config)["select_clips"].key)
+    assert len(keys["a"]) == 1 and keys["a"] != keys["b"]
+    assert keys["a"] == {plan_relation("A058", _ntu_config(tmp_path / "a" / "ntu", tmp_path))["select_clips"].key}
+    assert config.select.dataset_root == "ntu"  # the config itself keeps what the user wrote
+
+
+def test_an_ntu_file_edited_in_place_gets_a_new_select_key(tmp_path, synthetic_root):
+    root = _copy(synthetic_root, tmp_path)
+    config = _ntu_config(root, tmp_path)
+    before, other = plan_relation("A058", config), plan_relation("A055", config)
+    assert plan_relation("A058", config) == before  # stable
+    skeleton = next((root / "nturgb+d_skeletons").glob("*A058.skeleton"))
+    folder_mtime = skeleton.parent.stat().st_mtime_ns
+    with skeleton.open("a") as handle:  # in place: the folder's mtime (the listing's signal) does not move
+        handle.write("\n")
+    assert skeleton.parent.stat().st_mtime_ns == folder_mtime
+    edited = plan_relation("A058", config)
+    for stage in ("select_clips", "write_captions", "make_masks", "train_relation", "evaluate"):
+        assert edited[stage].fingerprint != before[stage].fingerprint
+    stat = skeleton.stat()
+    os.utime(skeleton, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, new mtime
+    assert plan_relation("A058", config)["select_clips"] != edited["select_clips"]
+    assert plan_relation("A055", config) == other  # another relation's files did not change
+
+
+def test_keys_of_an_ntu_root_cost_one_walk_and_a_missing_root_still_plans(tmp_path, synthetic_root, walks):
+    root = _copy(synthetic_root, tmp_path)
+    forget_listings()
+    config = _ntu_config(root, tmp_path)
+    for relation in ["A058", "A055", "A112"] * 20:
+        plan_relation(relation, config)
+    assert len(walks) == 1  # the listing selection uses, not a walk per key
+    missing = plan_relation("A058", _ntu_config(tmp_path / "not-yet", tmp_path))  # e.g. the demo before generation
+    assert missing["select_clips"] != plan_relation("A058", config)["select_clips"]
+
+
+def test_a_url_root_keys_on_the_listed_file_versions():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/key-versions/rgb/S001C001P001R001A058_rgb.avi", b"video")
+    fs.pipe("/key-versions/skeletons/S001C001P001R001A058.skeleton", b"skeleton")
+    config = PipelineConfig(root="memory://key-versions-artifacts", synthetic=None,
+                            select={"dataset_root": "memory://key-versions", "clips_per_relation": 1})
+    before = plan_relation("A058", config)["select_clips"]
+    assert before.key == plan_relation("A058", config)["select_clips"].key
+    fs.pipe("/key-versions/skeletons/S001C001P001R001A058.skeleton", b"skeleton, edited")
+    forget_listings()
+    assert plan_relation("A058", config)["select_clips"] == before  # a URL listing is trusted for an hour ...
+    list_dataset(config.select.dataset_root, cache=ArtifactStore(config.root), refresh=True)  # ... or until `force`
+    assert plan_relation("A058", config)["select_clips"].key != before.key
+
+
+def test_small_input_files_are_keyed_by_their_bytes(tmp_path, synthetic_root):
+    captions, prompts = tmp_path / "captions.csv", tmp_path / "prompts.csv"
+    captions.write_text("clip_id,caption\nS001C001P001R001A058,A person greets a person.\n")
+    prompts.write_text("relation,prompt\nA058,A bear is shaking hands with a raccoon.\n")
+    config = _ntu_config(synthetic_root, tmp_path)
+    config = config.model_copy(update={
+        "captions": config.captions.model_copy(update={"captions_file": str(captions)}),
+        "evaluate": config.evaluate.model_copy(update={"prompts_path": str(prompts)}),
+    })
+    before = plan_relation("A058", config)
+    prompts.write_text("relation,prompt\nA058,A dog is shaking hands with a cat.\n")
+    after = plan_relation("A058", config)
+    assert after["train_relation"] == before["train_relation"] and after["evaluate"] != before["evaluate"]
+    captions.write_text("clip_id,caption\nS001C001P001R001A058,A person welcomes a person.\n")
+    edited = plan_relation("A058", config)
+    assert edited["select_clips"] == before["select_clips"] and edited["write_captions"] != before["write_captions"]

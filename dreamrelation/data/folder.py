@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from dataclasses import dataclass, field
 
 import fsspec
@@ -78,7 +79,22 @@ class FolderListing:
 
     root: str
     relations: dict[str, FolderRelation]
-    invalid: dict[str, str]  # folder name -> reason
+    invalid: dict[str, str]  # folder name -> reason (no usable name, no video)
+
+    def why_not_a_relation(self, given: str) -> str | None:
+        """Why the folder named `given` (or whose name slugs like it) is no relation; None if no such folder."""
+        wanted = _slug_or_none(given)
+        for folder, reason in self.invalid.items():
+            if folder == given or (wanted is not None and _slug_or_none(folder) == wanted):
+                return f"the folder {folder!r} under dataset root {self.root} is not used: {reason}"
+        return None
+
+
+def _slug_or_none(name: str) -> str | None:
+    try:
+        return relation_slug(name)
+    except RelationNameError:
+        return None
 
 
 def _name(path: str) -> str:
@@ -107,6 +123,7 @@ def list_folder_dataset(root: str) -> FolderListing:
             continue
         relation = _list_relation(fs, entry["name"], folder)
         if not relation.clips:
+            invalid[folder] = f"it holds no video ({' '.join(sorted(VIDEO_SUFFIXES))})"
             continue
         try:
             relation.id = relation_slug(folder)
@@ -225,18 +242,89 @@ def read_user_masks(location: str, clip_id: str, frames: int, height: int, width
     """
     name = _name(location)
     masks = _read_npz(location, name) if location.endswith(MASKS_NPZ) else _read_png_folder(location, name)
-    if masks.ndim != 4 or masks.shape[1] != SUBJECTS:
+    _check_shape(tuple(masks.shape), name, clip_id, frames, height, width)
+    return masks
+
+
+def check_user_masks(location: str, clip_id: str, frames: int, height: int, width: int) -> None:
+    """Raise MaskFileError unless the clip's masks fit its video, as `read_user_masks` would, without loading them.
+
+    Selection calls this for every clip it checks (`select.require_masks`), so a clip whose masks
+    do not fit is replaced by the next usable one before any model runs. A `.masks.npz` is checked
+    from its array header; a `.masks/` folder frame by frame (count, size, the two subject labels).
+    """
+    name = _name(location)
+    if location.endswith(MASKS_NPZ):
+        shape, dtype = _npz_header(location, name)
+        if dtype != bool and dtype != np.uint8:
+            raise MaskFileError(f"{name}: masks must be bool or uint8, got {dtype}")
+    else:
+        shape = _png_folder_shape(location, name)
+    _check_shape(shape, name, clip_id, frames, height, width)
+
+
+def _check_shape(shape: tuple[int, ...], name: str, clip_id: str, frames: int, height: int, width: int) -> None:
+    if len(shape) != 4 or shape[1] != SUBJECTS:
         raise MaskFileError(
-            f"clip {clip_id}: {name} has masks of shape {masks.shape}; expected (T, 2, H, W) with subject 1 then 2"
+            f"clip {clip_id}: {name} has masks of shape {shape}; expected (T, 2, H, W) with subject 1 then 2"
         )
-    if masks.shape[0] != frames:
-        raise MaskFileError(f"clip {clip_id}: {name} has {masks.shape[0]} frames of masks, the video has {frames}")
-    if masks.shape[2:] != (height, width):
+    if shape[0] != frames:
+        raise MaskFileError(f"clip {clip_id}: {name} has {shape[0]} frames of masks, the video has {frames}")
+    if shape[2:] != (height, width):
         raise MaskFileError(
-            f"clip {clip_id}: {name} masks are {masks.shape[3]}x{masks.shape[2]}, the video is {width}x{height} "
+            f"clip {clip_id}: {name} masks are {shape[3]}x{shape[2]}, the video is {width}x{height} "
             "(masks must be at the video's own resolution)"
         )
-    return masks
+
+
+def _npz_header(location: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the `masks` array of a .npz file, from its header (the data is not read)."""
+    try:
+        with fsspec.open(location, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            found = [member.removesuffix(".npy") for member in archive.namelist()]
+            if "masks" not in found:
+                raise MaskFileError(f"{name} has no array named 'masks' (found: {', '.join(found) or 'none'})")
+            with archive.open("masks.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:  # a header layout without a public reader: read the array
+                    masks = _read_npz(location, name)
+                    return tuple(masks.shape), np.dtype(bool)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, MaskFileError):
+            raise
+        raise MaskFileError(f"cannot read {name}: {exc}") from None
+    return tuple(shape), dtype
+
+
+def _png_folder_shape(location: str, name: str) -> tuple[int, ...]:
+    """(T, 2, H, W) of a folder of label PNGs, read one frame at a time; checks the labels as `_read_png_folder`."""
+    fs, base = fsspec.core.url_to_fs(location)
+    files = [p for p in fs.ls(base, detail=False) if p.lower().endswith(".png")]
+    if not files:
+        raise MaskFileError(f"{name} holds no .png frames")
+    sizes, values = set(), set()
+    try:
+        for path in files:
+            labels = np.asarray(Image.open(io.BytesIO(fs.cat_file(path))))
+            if labels.ndim != 2:
+                raise MaskFileError(f"{name}: label PNGs must be single-channel (one label value per pixel)")
+            sizes.add(labels.shape)
+            values.update(int(v) for v in np.unique(labels) if v != 0)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, MaskFileError):
+            raise
+        raise MaskFileError(f"{name}: cannot read the label frames: {exc}") from None
+    if len(sizes) != 1:
+        raise MaskFileError(f"{name}: label PNGs of different sizes: {sorted(sizes)}")
+    if len(values) != SUBJECTS:
+        found = sorted(values)
+        raise MaskFileError(f"{name}: expected 2 subject labels besides 0 (background), found {len(found)}: {found[:10]}")
+    height, width = sizes.pop()
+    return (len(files), SUBJECTS, height, width)
 
 
 def _read_npz(location: str, name: str) -> np.ndarray:

@@ -284,6 +284,16 @@ def _still_valid(listing: Listing, root: str, max_age_s: float) -> bool:
     return True
 
 
+def normalize_root(root: str) -> str:
+    """A local root as an absolute path (the folder it names from this working directory); URLs unchanged.
+
+    Listings are remembered and cached under this form, so a relative root run from two
+    folders is two roots.
+    """
+    fs, path = fsspec.core.url_to_fs(root)
+    return (path.rstrip("/") or "/") if isinstance(fs, LocalFileSystem) else root
+
+
 def cache_key(root: str) -> str:
     """Store key of a root's cached listing."""
     return f"cache/listings/{hashlib.sha256(root.encode()).hexdigest()[:16]}.json.gz"
@@ -296,7 +306,11 @@ _LOCK = threading.Lock()
 def list_dataset(
     root: str, cache: ArtifactStore | None = None, refresh: bool = False, max_age_s: float = MAX_AGE_S
 ) -> Listing:
-    """The NTU files under `root` (a local folder or fsspec URL): cached in memory and in `cache`."""
+    """The NTU files under `root` (a local folder or fsspec URL): cached in memory and in `cache`.
+
+    A relative local root is taken from the working directory (`normalize_root`).
+    """
+    root = normalize_root(root)
     with _LOCK:
         listing = None if refresh else _MEMO.get(root)
         if listing is not None and _still_valid(listing, root, max_age_s):
@@ -312,6 +326,33 @@ def list_dataset(
         if cache is not None and not listing.racy:
             cache.write_cache(cache_key(root), listing.to_bytes())
         return listing
+
+
+def relation_digest(listing: Listing, relation: str) -> str:
+    """A hash of the relation's files: every name (with its folder, relative to the root) and version.
+
+    Part of the selection's fingerprint (like `data.folder.folder_digest`), so editing, adding or
+    removing one of the relation's files re-selects. A file's version is its size and mtime on a
+    local root (one `stat` each: an edit in place moves no folder's mtime, so the listing alone
+    does not see it), and the listing's size + ETag on a URL root (as fresh as the listing).
+    """
+    local = listing.signal is not None
+    base = len(listing.root if local else fsspec.core.url_to_fs(listing.root)[1].rstrip("/"))
+    entries = sorted(
+        (listing.folders[folder], name, identity)
+        for folder, names, identities in listing.groups.get(relation, [])
+        for name, identity in zip(names, identities or [None] * len(names))
+    )
+    digest = hashlib.sha256()
+    for folder, name, identity in entries:
+        if local:
+            try:
+                stat = os.stat(f"{folder}/{name}")
+                identity = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                identity = "gone"
+        digest.update(f"{folder[base:]}/{name}\0{identity}\0".encode())
+    return digest.hexdigest()[:16]
 
 
 def forget_listings() -> None:

@@ -37,11 +37,15 @@ from pydantic import Field
 
 from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.folder import (
+    MASKS_DIR,
+    MASKS_NPZ,
     FolderClip,
     FolderDatasetError,
     FolderRelation,
+    MaskFileError,
     SidecarError,
     check_start,
+    check_user_masks,
     list_folder_dataset,
     read_sidecar,
 )
@@ -64,7 +68,7 @@ class SelectionError(ValueError):
 class SelectConfig(StrictConfig):
     """Which clips of a relation to train on."""
 
-    added_later: ClassVar[dict[str, Any]] = {"source": "ntu", "windows_file": None}
+    added_later: ClassVar[dict[str, Any]] = {"source": "ntu", "windows_file": None, "require_masks": False}
 
     source: Literal["ntu", "folder"] = Field(
         "ntu",
@@ -103,6 +107,12 @@ class SelectConfig(StrictConfig):
         False,
         description="Check every candidate clip (exact 'available' count, every faulty clip named) instead of "
         "stopping once clips_per_relation usable clips are found; the same clips are chosen either way",
+    )
+    require_masks: bool = Field(
+        False,
+        description="Folder datasets: a clip is usable only when its own masks (<clip>.masks.npz or <clip>.masks/) "
+        "fit its video (frame count, size, two subjects), so a clip with missing or unfit masks is replaced by the "
+        "next usable one. Always on with masks.backend=provided",
     )
 
 
@@ -471,17 +481,19 @@ def folder_clip_verdict(
     template: str,
     windows: dict[str, float],
     video: VideoConfig,
+    require_masks: bool = False,
 ) -> tuple[ClipRecord | None, str | None]:
-    """A folder clip's record, or why it is unusable: bad sidecar, no caption, unreadable or too short."""
+    """A folder clip's record, or why it is unusable: bad sidecar, no caption, unreadable or too short.
+
+    With `require_masks`, also a clip without masks or whose masks do not fit the video (`check_user_masks`).
+    """
     try:
         caption, front = read_sidecar(clip)
     except (SidecarError, OSError, UnicodeDecodeError) as exc:
         return None, f"unreadable caption sidecar: {exc}"
     if not caption and not template:
-        return None, (
-            f"no caption: no {clip.clip_id}.txt beside the video and no caption template for relation "
-            f"{relation.id!r} in relations_file"
-        )
+        sidecar = f"{clip.clip_id}.txt beside the video is empty" if clip.caption_file else f"no {clip.clip_id}.txt beside the video"
+        return None, f"no caption: {sidecar} and no caption template for relation {relation.id!r} in relations_file"
     start = windows.get(f"{relation.name}/{clip.clip_id}", windows.get(clip.clip_id, front.get("start_seconds", 0.0)))
     try:
         if "://" in clip.video:
@@ -498,6 +510,13 @@ def folder_clip_verdict(
             f"too short: {info.frames} frames at {info.fps:g} fps give {usable} frames at {video.fps:g} fps{after}, "
             f"{video.num_frames} needed"
         )
+    if require_masks:
+        if clip.masks is None:
+            return None, f"no masks: no {clip.clip_id}{MASKS_NPZ} or {clip.clip_id}{MASKS_DIR}/ beside the video"
+        try:
+            check_user_masks(clip.masks, clip.clip_id, info.frames, info.height, info.width)
+        except MaskFileError as exc:
+            return None, f"masks do not fit: {exc}"
     record = ClipRecord(
         clip_id=clip.clip_id, relation=relation.id, video=clip.video, frames=info.frames, fps=info.fps,
         width=info.width, height=info.height, start_seconds=start, masks=clip.masks, caption=caption or None,
@@ -510,7 +529,8 @@ def select_folder_clips(relation: Relation, config: SelectConfig, video: VideoCo
 
     The same seeded order, lazy checking and shortage rules as NTU selection. A clip's record
     carries its sidecar caption (None without one: write_captions fills the relation's caption
-    template), its window start and its user masks file.
+    template), its window start and its user masks file, checked against the video with
+    `config.require_masks` (masks.backend=provided).
     """
     try:
         listing = list_folder_dataset(config.dataset_root)
@@ -529,7 +549,7 @@ def select_folder_clips(relation: Relation, config: SelectConfig, video: VideoCo
         draw_order(folder.clips, config.seed, relation.id, lambda clip: clip.clip_id),
         config.clips_per_relation,
         config.check_all,
-        lambda clip: folder_clip_verdict(clip, folder, relation.caption, windows, video),
+        lambda clip: folder_clip_verdict(clip, folder, relation.caption, windows, video, config.require_masks),
         LOCAL_WORKERS if "://" not in config.dataset_root else URL_WORKERS,
     )
     log.info("relation %s: %d clip(s) in %s, %d checked, %d usable", relation.id, len(folder.clips), folder.path,

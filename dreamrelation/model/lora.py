@@ -197,6 +197,17 @@ def inference_state_dict(transformer: nn.Module, adapters: Sequence[str] | None 
     return state
 
 
+def readable_by_all(path: Path) -> None:
+    """Give a file the mode a plain `open()` would (0644 under the usual umask 022).
+
+    Files written through a temporary folder keep that folder's private mode (0600), which other
+    users of a shared GPU machine (and a Prefect worker running as another user) cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def export_inference_lora(
     transformer: nn.Module, path: str | Path, adapters: Sequence[str] | None = None
 ) -> Path:
@@ -212,5 +223,6 @@ def export_inference_lora(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
         MochiPipeline.save_lora_weights(tmp, transformer_lora_layers=state, weight_name=path.name)
         os.replace(Path(tmp) / path.name, path)
+    readable_by_all(path)
     log.info("exported inference LoRA (%d tensors) to %s", len(state), path)
     return path

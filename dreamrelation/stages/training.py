@@ -1,9 +1,10 @@
 """The train_relation stage's inputs: the encode_latents and make_masks artifacts as TrainClips (METHOD.md §1, §3).
 
 A clip trains only when both stages succeeded for it: clips that failed encoding, or whose
-masks were skipped (fewer than two subjects) or failed, are left out with a log line naming
-the reason. Shapes are checked: the latent masks (f, 3, h, w) must sit on the latent grid of
-the VAE posterior (12, f, h, w), i.e. both stages must have used the same `VideoConfig`.
+masks were skipped (fewer than two subjects) or failed, are left out with a warning naming
+the reason, kept in the stage summary (`left_out`) and listed under the CLI's final table.
+Shapes are checked: the latent masks (f, 3, h, w) must sit on the latent grid of the VAE
+posterior (12, f, h, w), i.e. both stages must have used the same `VideoConfig`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def load_training_clips(latents_location: str, masks_location: str, min_clips: i
         elif mask_status[clip_id][1] != "ok":
             left_out[clip_id] = f"masks {mask_status[clip_id][1]}: {mask_status[clip_id][2]}"
         if clip_id in left_out:
-            log.info("training data: leaving out %s (%s)", clip_id, left_out[clip_id])
+            log.warning("training data: leaving out %s (%s)", clip_id, left_out[clip_id])
             continue
         text_row, mask_row = text_rows[clip_id], mask_status[clip_id][0]
         clips.append(
