@@ -96,7 +96,7 @@ def test_toy_judge_scores_world_clips_through_the_evaluate_stage(judged) -> None
     assert written["config"]["relation_judge"] == "toy"
     report = (out / REPORT_FILE).read_text()
     assert "| Method | Relation Accuracy ↑ | Subject Fidelity ↑ | Appearance Leakage ↓ | CLIP-T ↑ |" in report
-    assert "| Right | 1.0000 ± 0.0000 | 1.0000 | 0.0000 | n/a |" in report
+    assert "| Right | 1 ± 0 | 1 | 0 | n/a |" in report
     assert "toy-world judge" in report and "VLM" not in report
 
 

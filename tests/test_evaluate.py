@@ -64,9 +64,9 @@ def test_format_table_matches_hand_written_markdown() -> None:
     expected = (
         "| Method | Relation Accuracy ↑ | CLIP-T ↑ | Temporal Consistency ↑ | FVD ↓ |\n"
         "|---|---:|---:|---:|---:|\n"
-        "| Mochi | 0.2623 ± 0.0123 | 0.3237 | 0.9888 | 2047.37 |\n"
-        "| DreamRelation | 0.4452 ± 0.0000 | 0.3248 | 0.9954 | n/a |\n"
-        "| A \\| B | n/a | n/a | n/a | 12.00 |\n"
+        "| Mochi | 0.2623 ± 0.01234 | 0.3237 | 0.9888 | 2047 |\n"
+        "| DreamRelation | 0.4452 ± 0 | 0.3248 | 0.9954 | n/a |\n"
+        "| A \\| B | n/a | n/a | n/a | 12 |\n"
     )
     assert format_table(rows) == expected
 
@@ -109,7 +109,7 @@ def test_relation_report_lists_reasons_and_unparseable_answers() -> None:
     results = _results("A058", "handshaking", [_method("DreamRelation", [["yes", "no"], ["yes", "maybe"]], [0.3, 0.5])])
     report = relation_report(results)
     assert report.startswith("# Evaluation: A058 (handshaking)\n")
-    assert "| DreamRelation | 0.5000 ± 0.0000 | 0.4000 | 1.0000 | n/a |" in report
+    assert "| DreamRelation | 0.5 ± 0 | 0.4 | 1 | n/a |" in report
     assert "Unparseable VLM answers (counted as no): DreamRelation 1/4." in report
     assert "- FVD (all methods): fvd.i3d_path is not set" in report
 
@@ -138,8 +138,8 @@ def test_combined_results_pool_answers_and_videos_over_relations() -> None:
         "## Average over 2 relation(s)\n\n"
         "| Method | Relation Accuracy ↑ | CLIP-T ↑ | Temporal Consistency ↑ | FVD ↓ |\n"
         "|---|---:|---:|---:|---:|\n"
-        "| DreamRelation | 0.5000 ± 0.0000 | 0.5000 | 1.0000 | 150.00 |\n"
-        "| Mochi | 0.0000 ± 0.0000 | 0.1000 | 1.0000 | 300.00 |\n"
+        "| DreamRelation | 0.5 ± 0 | 0.5 | 1 | 150 |\n"
+        "| Mochi | 0 ± 0 | 0.1 | 1 | 300 |\n"
     ) in markdown
     assert "- Mochi: evaluated on A058 only." in markdown
     assert "## Evaluation: A055 (hugging other person)" in markdown

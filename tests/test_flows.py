@@ -144,6 +144,13 @@ def test_pipeline_run_summary_names_tags_and_dropped_clips(prefect_harness, tmp_
             assert f"| {stage} | not run | | | stop_after=write_captions |" in text
     assert not {key for key in _artifacts(runs[0]) if key.endswith("-store")}  # local root: no dead file:// links
 
+    # the parent run's log ends with the table the CLI prints (issue 24)
+    for run_id, result in zip(runs, ("built", "reused")):
+        logs = _logs(run_id, "write_captions ")
+        assert "relation  stage           status   artifact" in logs, logs[-2000:]
+        for stage in ("select_clips", "write_captions"):
+            assert re.search(rf"A112\s+{stage}\s+{result}\s+{re.escape(str(tmp_path))}/", logs), logs[-2000:]
+
     select_run = next(run for name, run in children.items() if "select-clips" in name)
     first_select = next(run for run in _child_runs(runs[0]) if "select-clips" in run.name)
     logs = _logs(first_select.id, "dropped")
@@ -159,10 +166,13 @@ def test_masks_table_shows_pictures_and_subject_order(prefect_harness, tmp_path,
     from dreamrelation.flows.select_clips import select_clips_flow
 
     config = _config(tmp_path, synthetic_root)
-    select_clips_flow(relation="A055", config=config)
+    selected = select_clips_flow(relation="A055", config=config, return_state=True)
     state = make_masks_flow(relation="A055", config=config, return_state=True)
     assert _flow_run(state.state_details.flow_run_id).name.startswith("a055-make-masks-")
-    text = _artifacts(state.state_details.flow_run_id)["masks-a055"].data
+    # one naming scheme: every key of a relation starts with it (issue 24)
+    assert "a055-clips" in _artifacts(selected.state_details.flow_run_id)
+    assert {"a055-masks", "a055-make-masks"} <= set(_artifacts(state.state_details.flow_run_id))
+    text = _artifacts(state.state_details.flow_run_id)["a055-masks"].data
     assert "| clip | status | S1 (left, orange) | S2 (right, blue) |" in text and "file://" not in text
     images = re.findall(r"!\[[^\]]*\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", text)
     assert len(images) == state.result().summary["ok"] == 3
@@ -170,6 +180,14 @@ def test_masks_table_shows_pictures_and_subject_order(prefect_harness, tmp_path,
         data = base64.b64decode(payload)
         assert data[:3] == b"\xff\xd8\xff" and len(data) < 24_000
     assert re.search(r"\| ok \| [\d.]+ % of pixels \| [\d.]+ % of pixels \|", text)
+    # the one rounding rule (4 significant figures), as in every other table
+    from dreamrelation.data.masks import read_mask_status
+    from dreamrelation.data.previews import format_sig
+
+    for record in read_mask_status(state.result().uri)["clips"]:
+        if record["status"] == "ok":
+            s1, s2 = (format_sig(100 * c) for c in record["coverage"])
+            assert f"| {record['clip_id']} | ok | {s1} % of pixels | {s2} % of pixels |" in text
 
 
 def test_method_logs_reach_the_run_log_at_info(prefect_harness):
@@ -206,3 +224,96 @@ def test_pipeline_summary_is_published_when_a_stage_fails(prefect_harness, tmp_p
     assert "1 built, 0 reused, 1 failed" in text
     assert "| select_clips | **built** |" in text and "| write_captions | **failed** |" in text
     assert "| encode_latents | not run | | | an earlier stage failed |" in text
+
+
+# --------------------------------------------------------------------------- inputs checked before the first stage (issue 24 §5)
+@pytest.mark.parametrize("bad", ["model_dir", "prompts"])
+def test_bad_inputs_fail_the_pipeline_before_select_writes_anything(prefect_harness, tmp_path, synthetic_root, bad):
+    from dreamrelation.flows.pipeline import relation_pipeline
+    from dreamrelation.preflight import InputError
+
+    config = _config(tmp_path, synthetic_root)
+    if bad == "model_dir":
+        (tmp_path / "mochi").mkdir()
+        config = config.model_copy(update={"model": config.model.model_copy(update={"model_dir": str(tmp_path / "mochi")})})
+        message = f"model.model_dir: Mochi-1 model folder {tmp_path / 'mochi'} is incomplete"
+    else:
+        evaluate = config.evaluate.model_copy(update={"prompts_path": str(tmp_path / "prompts.csv")})
+        config = config.model_copy(update={"evaluate": evaluate})
+        message = f"evaluate.prompts_path: prompt file {tmp_path / 'prompts.csv'} does not exist"
+    with pytest.raises(InputError, match=message):
+        relation_pipeline(relation="A058", config=config)
+    assert not list((tmp_path / "artifacts").rglob("manifest-*")) and not list((tmp_path / "artifacts").rglob("*.complete.json"))
+    relation_pipeline(relation="A058", config=config, stop_after="select_clips")  # a run that does not read them
+
+
+def test_the_demo_checks_every_relation_before_the_first_one_runs(prefect_harness, tmp_path, synthetic_root):
+    from dreamrelation.flows.pipeline import demo_flow
+    from dreamrelation.preflight import InputError
+
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("relation,prompt\nA058,A bear is shaking hands with a raccoon.\n")
+    config = _config(tmp_path, synthetic_root)
+    config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"prompts_path": str(prompts)})})
+    with pytest.raises(InputError, match="evaluate.prompts_path: no evaluation prompts for relation A055"):
+        demo_flow(relations=["A058", "A055"], config=config)
+    assert not (tmp_path / "artifacts" / "relations").exists()  # A058 did not start either
+
+
+# --------------------------------------------------------------------------- issue 24: logs and names of parent runs
+def _result(relation: str, stage: str, skipped: bool = False):
+    from dreamrelation.tasks.common import StageResult
+
+    return StageResult(stage, relation, f"/r/{relation}/{stage}", "0" * 16, skipped, {})
+
+
+def test_demo_run_logs_every_relations_stage_table(prefect_harness, monkeypatch):
+    from dreamrelation.flows import pipeline
+
+    monkeypatch.setattr(pipeline, "relation_pipeline", lambda relation, config, force: [
+        _result(relation, "select_clips", skipped=True), _result(relation, "write_captions")])
+    monkeypatch.setattr(pipeline, "evaluation_report_flow", lambda relations, config: "/r/reports/evaluation-x")
+    monkeypatch.setattr(pipeline, "check_inputs", lambda *args, **kwargs: None, raising=False)  # no real inputs here
+    state = pipeline.demo_flow(relations=["A058", "A055"], return_state=True)
+    assert state.is_completed()
+    logs = _logs(state.state_details.flow_run_id, "A055      write_captions")
+    assert "relation  stage           status   artifact" in logs
+    for relation in ("A058", "A055"):
+        assert f"{relation}      select_clips    reused   /r/{relation}/select_clips" in logs
+        assert f"{relation}      write_captions  built    /r/{relation}/write_captions" in logs
+
+
+def test_toy_runs_have_readable_names_and_the_study_logs_its_table(prefect_harness, monkeypatch):
+    from dreamrelation.config import ToyConfig
+    from dreamrelation.flows import toy
+    from dreamrelation.tasks.runs import toy_run_name
+
+    monkeypatch.setattr(toy, "pretrain_base_task", lambda config, force=False: _result("toy-world", "pretrain_base", True))
+    monkeypatch.setattr(toy, "study_task", lambda config, force=False: _result("toy-world", "study"))
+    config = ToyConfig().quick()
+    base = toy.pretrain_base_flow(config=config, return_state=True)
+    assert _flow_run(base.state_details.flow_run_id).name == toy_run_name("pretrain_base", config)
+    assert toy_run_name("pretrain_base", config).startswith("toy-base-")
+    study = toy.study_flow(config=config, return_state=True)
+    assert _flow_run(study.state_details.flow_run_id).name == toy_run_name("study", config)
+    logs = _logs(study.state_details.flow_run_id, "toy-world study")
+    assert "toy-world pretrain_base   reused" in logs and "toy-world study           built" in logs
+
+
+def test_fan_out_log_table_shows_durations_like_the_summary(monkeypatch):
+    from dreamrelation.flows import fanout
+
+    lines: list[str] = []
+
+    class Logger:
+        def info(self, message, *args):
+            lines.append(message % args)
+
+    monkeypatch.setattr(fanout, "get_run_logger", lambda: Logger())
+    monkeypatch.setattr(fanout, "create_table_artifact", lambda **kwargs: None)
+    monkeypatch.setattr(fanout, "publish_fan_out_summary", lambda rows, config: "")
+    statuses = [fanout.RelationRunStatus("A058", "a058-relation-pipeline-1234abcd", "Completed", 75.04, ""),
+                fanout.RelationRunStatus("A055", "a055-relation-pipeline-5678abcd", "Failed", 3.25, "boom")]
+    fanout._report(statuses, PipelineConfig())
+    assert "A058      Completed      1:15  a058-relation-pipeline-1234abcd" in lines[0]
+    assert "A055      Failed        3.2 s  a055-relation-pipeline-5678abcd boom" in lines[0]

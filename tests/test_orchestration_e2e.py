@@ -309,7 +309,7 @@ def _check_ui(api: Api, tmp_path: Path, pipeline_run: str, select_runs: dict[str
 
     # Pictures: the masks table (markdown) and the training sample (image artifact), small JPEGs.
     artifacts = api.artifacts([run["id"] for run in children.values()])
-    masks = artifacts["masks-a112"]["data"]
+    masks = artifacts["a112-masks"]["data"]
     pictures = re.findall(r"\((data:image/[a-z]+;base64,[A-Za-z0-9+/=]+)\)", masks)
     assert pictures and all(len(_jpeg(uri)) < 30_000 for uri in pictures)
     assert "S1 (left, orange)" in masks and "file://" not in masks
@@ -443,7 +443,7 @@ def test_deployments_triggers_and_events_on_a_real_server(tmp_path):
             for stage in ("select_clips", "write_captions"):
                 assert store.is_complete(plan[stage].key), f"{relation} {stage} missing"
         keys = api.artifact_keys()
-        assert {"clips-a058", "clips-a055", "masks-a112"} <= keys
+        assert {"a058-clips", "a055-clips", "a112-masks"} <= keys
         assert not {key for key in keys if key.endswith("-store")}  # a local root: no dead file:// links
         expected = {
             (f"dreamrelation.{stage}.completed", f"dreamrelation.relation.{relation}")

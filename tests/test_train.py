@@ -219,7 +219,7 @@ def test_ablations_and_direct_baseline_run(tiny_dir: Path, text: Text, vae_confi
 
 def test_train_writes_checkpoints_logs_and_the_inference_lora(tiny_dir: Path, text: Text, vae_config, tmp_path,
                                                               caplog) -> None:
-    cfg = tiny_train_config(steps=7, checkpoint_every=2, keep_last=2)
+    cfg = tiny_train_config(steps=7, checkpoint_every=2, keep_last=2, log_every=3)
     with caplog.at_level(logging.INFO, logger="dreamrelation.train"):
         result = T.train(make_clips(text), text.empty, vae_config, cfg, tmp_path, cpu_base(tiny_dir))
     assert result.final_step == 7 and result.resumed_from == 0
@@ -228,7 +228,9 @@ def test_train_writes_checkpoints_logs_and_the_inference_lora(tiny_dir: Path, te
     assert result.lora_path == tmp_path / T.LORA_FILE and result.lora_path.is_file()
     assert not any(".to_v." in k or ".add_v_proj." in k for k in load_file(result.lora_path))
     lines = [r for r in caplog.records if r.name == "dreamrelation.train" and r.getMessage().startswith("step ")]
-    assert len(lines) == 7
+    # every log_every=3 steps, and the first and last step; metrics.jsonl keeps every step
+    assert [r.getMessage().split()[1] for r in lines] == ["1/7", "3/7", "6/7", "7/7"]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 7
     assert all(k in lines[-1].getMessage() for k in ("loss_rec=", "loss_rcl=", "group=", "lr="))
     assert result.loss_rcl is not None  # the positive bank is filled after step 1
     state = torch.load(result.checkpoint / "state.pt", weights_only=True)
@@ -261,6 +263,46 @@ def test_resume_is_exact(tiny_dir: Path, text: Text, vae_config, tmp_path: Path)
     sa = torch.load(whole.checkpoint / "state.pt", weights_only=True)
     sb = torch.load(rest.checkpoint / "state.pt", weights_only=True)
     assert torch.equal(sa["neg_bank"]["items"], sb["neg_bank"]["items"])
+
+
+def test_a_resumed_run_logs_its_first_and_last_step_and_log_every_is_no_config_change(
+        tiny_dir: Path, text: Text, vae_config, tmp_path: Path, caplog) -> None:
+    clips = make_clips(text, n=1)
+    steps: list[str] = []
+    with caplog.at_level(logging.INFO, logger="dreamrelation.train"):
+        T.train(clips, text.empty, vae_config, tiny_train_config(steps=7, checkpoint_every=4, log_every=10),
+                tmp_path, cpu_base(tiny_dir), stop_at=4)
+        steps.append(" ".join(r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("step ")))
+        caplog.clear()
+        T.train(clips, text.empty, vae_config, tiny_train_config(steps=7, checkpoint_every=4, log_every=2),
+                tmp_path, cpu_base(tiny_dir))
+        steps.append(" ".join(r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("step ")))
+    assert steps == ["1/7 4/7", "5/7 6/7 7/7"]  # first and last of each run, every 2nd in between
+    assert "different TrainConfig" not in caplog.text  # a logging setting is not a change of training
+
+
+def test_the_step_log_line_uses_the_one_rounding_rule() -> None:
+    record = {"step": 50, "group": "relation", "loss_rec": 0.123456789, "loss_rcl": None, "lr": 0.000199999}
+    assert T.step_line(record, 2400) == "step 50/2400 group=relation loss_rec=0.1235 loss_rcl=- lr=0.0002"
+    assert "loss_rcl=2.346 " in T.step_line({**record, "loss_rcl": 2.3456}, 2400)
+    assert T.should_log(1, 1, 2400, 50) and T.should_log(100, 1, 2400, 50) and T.should_log(2400, 1, 2400, 50)
+    assert not T.should_log(99, 1, 2400, 50)
+    assert sum(T.should_log(step, 1, 2400, 50) for step in range(1, 2401)) == 49  # not 2,400 lines
+
+
+def test_log_every_never_changes_the_training_artifact_key() -> None:
+    from dreamrelation.config import PipelineConfig
+    from dreamrelation.plan import plan_relation
+
+    base = PipelineConfig()
+    assert TrainConfig().log_every == 50 and base.train.log_every == 5  # the paper profile, the demo
+    for every in (1, 50, 1000):
+        train_cfg = base.train.model_copy(update={"log_every": every})
+        assert "log_every" not in str(train_cfg) and "log_every" not in train_cfg.key_dump()
+        changed = base.model_copy(update={"train": train_cfg})
+        assert plan_relation("A058", changed)["train_relation"] == plan_relation("A058", base)["train_relation"]
+    with pytest.raises(ValueError, match="log_every"):
+        TrainConfig(log_every=0)
 
 
 def test_metrics_log_with_a_torn_last_line_or_a_bad_middle_line(tmp_path: Path, caplog) -> None:

@@ -99,6 +99,21 @@ def test_run_names_come_from_the_parameters():
     assert re.fullmatch(r"relation-make-masks-[0-9a-f]{8}", stage_run_name("make_masks")())  # no parameters
 
 
+def test_fan_out_and_toy_runs_get_readable_names():
+    from dreamrelation.config import ToyConfig
+    from dreamrelation.plan import plan_toy
+    from dreamrelation.tasks.runs import fan_out_run_name, toy_run_name, toy_stage_run_name
+
+    config = PipelineConfig()
+    # "all" is named by what it stands for: the 26 NTU two-person actions, not "1 relation"
+    assert re.fullmatch(r"fan-out-26-relations-[0-9a-f]{8}", fan_out_run_name(["all"], config))
+    toy = ToyConfig()
+    plan = plan_toy(toy)
+    assert toy_run_name("pretrain_base", toy) == f"toy-base-{plan['pretrain_base'].fingerprint[:8]}"
+    assert toy_run_name("study", toy.model_dump(mode="json")) == f"toy-study-{plan['study'].fingerprint[:8]}"
+    assert toy_stage_run_name("study")() == toy_run_name("study", ToyConfig())  # no parameters: the defaults
+
+
 def test_store_links_only_for_urls_a_browser_can_follow():
     from dreamrelation.tasks.ui import cell, is_remote, markdown_image, publish_store_link
 
@@ -141,6 +156,22 @@ def test_training_samples_become_frame_strips(tmp_path):
     capped = SamplePublisher("A058", samples, config.model_copy(update={"steps": 1000, "sample_every": 10}), limit=12)
     wanted = [s for s in range(10, 1001, 10) if capped.wanted(s)]
     assert len(wanted) <= 13 and wanted[-1] == 1000  # every k-th and the last
+
+
+def test_training_sample_artifacts_say_their_step(tmp_path, monkeypatch):
+    from dreamrelation.model.config import TrainConfig
+    from dreamrelation.tasks import training
+
+    published = []
+    monkeypatch.setattr(training, "publish_image", lambda key, image, description: published.append((key, description)))
+    config = TrainConfig.demo().model_copy(update={"steps": 30, "sample_every": 10})
+    for step in (10, 30):
+        write_video(tmp_path / f"step-{step:08d}.mp4", _frames(7, 16, 32), 30.0)
+    assert training.SamplePublisher("A058", tmp_path, config).poll() == [10, 30]
+    # one key (its versions are the samples); the card shows the description's first line: the step first
+    assert [key for key, _ in published] == ["a058-train-sample"] * 2
+    assert published[0][1].startswith("step 10 of 30: training sample of A058")
+    assert published[1][1].startswith("step 30 of 30: ") and config.sample_prompt in published[1][1]
 
 
 # --------------------------------------------------------------------------- summaries
@@ -238,3 +269,75 @@ def test_summaries_show_the_toy_judges_columns_when_a_method_has_them():
         "| Temporal consistency ↑ | FVD ↓ |"
     )
     assert "| DreamRelation | 0.5 ± 0.1 | 0 | 0.25 | 0.2 | 0.9 | n/a |" in text  # a 0.0 fidelity is still shown
+
+
+# --------------------------------------------------------------------------- the CLI's table, keys, telemetry (issue 24)
+def test_stage_table_is_the_one_the_cli_prints(capsys):
+    from dreamrelation.flows.cli import _report
+    from dreamrelation.tasks.common import StageResult
+    from dreamrelation.tasks.summary import stage_table
+
+    results = [
+        StageResult("select_clips", "A058", "/r/manifest.json", "f" * 16, True, {}),
+        StageResult("write_captions", "A058", "/r/captions", "e" * 16, False, {}),
+    ]
+    assert stage_table(results).splitlines() == [
+        "relation  stage           status   artifact",
+        "A058      select_clips    reused   /r/manifest.json",
+        "A058      write_captions  built    /r/captions",
+    ]
+    _report(results)
+    assert capsys.readouterr().out == stage_table(results) + "\n"
+
+
+def test_the_cli_turns_the_temporary_servers_analytics_off():
+    """Offline, the temporary server's telemetry logged an ERROR on every run."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    code = ("import dreamrelation.flows.cli; from prefect.settings import get_current_settings; "
+            "print(get_current_settings().server.analytics_enabled)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "true"  # a setting of the user's own wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True"
+
+
+#: Keys that belong to no single relation.
+CROSS_RELATION_KEYS = {"evaluation-report", "fan-out-summary", "fan-out-status", "qkv-analysis"}
+
+
+def _artifact_keys_in_source() -> list[tuple[str, int, str]]:
+    """(file, line, problem) for every artifact key in tasks/ and flows/ that does not start with a relation."""
+    import ast
+
+    import dreamrelation
+
+    package = Path(dreamrelation.__file__).parent
+    problems = []
+    for path in sorted([*package.glob("tasks/*.py"), *package.glob("flows/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "artifact_key" and node.args and isinstance(node.args[0], ast.Constant):
+                literal = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                if len(literal) < len(node.args) or "-".join(literal) not in CROSS_RELATION_KEYS:
+                    problems.append((path.name, node.lineno, f"artifact_key starts with {node.args[0].value!r}"))
+            for keyword in node.keywords:
+                if keyword.arg == "key" and isinstance(keyword.value, ast.Constant):
+                    if keyword.value.value not in CROSS_RELATION_KEYS:
+                        problems.append((path.name, node.lineno, f"literal key {keyword.value.value!r}"))
+    return problems
+
+
+def test_every_artifact_key_starts_with_its_relation():
+    """`a058-clips`, `a058-masks`, ... like `a058-evaluate-metrics`; only cross-relation keys are fixed names."""
+    from dreamrelation.tasks.ui import artifact_key
+
+    assert _artifact_keys_in_source() == []
+    assert artifact_key("A058", "clips") == "a058-clips"

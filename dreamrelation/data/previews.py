@@ -4,7 +4,8 @@
 - `pick_tiles`: the same three tiles out of a wider strip (the make_masks preview PNGs);
 - `image_data_uri`: a JPEG or PNG `data:` URI kept under a byte budget (downscaled until it fits),
   the one image form a browser shows from anywhere (a `file://` link never opens from a web page);
-- `round_sig` / `format_sig`: numbers to 4 significant figures for tables.
+- `round_sig` / `format_sig`: numbers to 4 significant figures, the one rounding rule for numbers
+  shown to people (UI tables, progress notes, the training log line);
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from dreamrelation.data.previews import format_sig
 from dreamrelation.evaluation.config import JUDGE_METRICS, EvaluationError
 from dreamrelation.evaluation.score import FVD_DIR, metric_summary, not_computed
 from dreamrelation.perception import metrics
@@ -92,20 +93,14 @@ def headline(method: Mapping[str, Any]) -> dict[str, float | None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _number(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
 def format_cell(metric: str, entry: Mapping[str, Any] | None) -> str:
-    """One table cell: 4 decimals, relation accuracy as mean ± std, FVD with 2 decimals, n/a if missing."""
+    """One table cell: 4 significant figures (`format_sig`, the UI's one rule), accuracy as mean ± std, n/a if missing."""
     if not entry or not entry.get("computed") or entry.get("value") is None:
         return "n/a"
     if metric == "relation_accuracy":
         std = entry.get("std")
-        return _number(entry["value"], 4) + ("" if std is None else f" ± {_number(std, 4)}")
-    return _number(entry["value"], 2 if metric == "fvd" else 4)
+        return format_sig(entry["value"]) + ("" if std is None else f" ± {format_sig(std)}")
+    return format_sig(entry["value"])
 
 
 def table_rows(methods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -12,12 +12,16 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dreamrelation")
 # ... and stay quiet about records logged outside a flow run (e.g. `dreamrelation sample`).
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# The temporary server started when no PREFECT_API_URL is set sends no usage analytics: offline,
+# each attempt logged an ERROR on every run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
+from typing import Annotated, NoReturn, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
@@ -32,7 +36,7 @@ from dreamrelation.config import (  # noqa: E402
     relations_to_run,
 )
 from dreamrelation.data.own_folder_demo import DemoFolderError, export_own_folder_demo  # noqa: E402
-from dreamrelation.data.store import ArtifactStore, fetch_local  # noqa: E402
+from dreamrelation.data.store import ArtifactStore, DiskFullError, fetch_local, release_held_locks  # noqa: E402
 from dreamrelation.flows.server_guard import guard_children  # noqa: E402
 from dreamrelation.plan import STAGES, plan_relation  # noqa: E402
 
@@ -55,22 +59,82 @@ def _config(config: str | None, overrides: list[str] | None, relations: list[str
     """Load and validate the config (and relation ids) before any flow or server starts."""
     try:
         cfg = load_config(config, overrides) if (config or overrides) else PipelineConfig()
-        relations_to_run(cfg, relations or [])
+        if relations:  # a command that names no relation (sample --lora, analyze-qkv) reads no dataset
+            relations_to_run(cfg, relations)
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     return cfg
 
 
+def _fail(message: str) -> NoReturn:
+    """One red `error:` line and exit code 2: bad input, found before anything ran."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
 def _report(results) -> None:
-    """Print where every artifact went."""
-    typer.echo(f"{'relation':<9} {'stage':<15} {'status':<8} artifact")
+    """Print where every artifact went (the table the pipeline and demo flows also log)."""
+    from dreamrelation.tasks.summary import stage_table  # deferred: fast --help
+
+    typer.echo(stage_table(results))
+
+
+#: Left-out clips named one by one under the final table, per relation and stage; the others are counted.
+MAX_LEFT_OUT_LINES = 10
+#: The reason selection gives usable clips beyond select.clips_per_relation (counted, not listed).
+NOT_SAMPLED = "usable, not sampled"
+
+
+def _report_left_out(results) -> None:
+    """Print, under the final table, the clips each relation left out and why (issue 24 §5).
+
+    Selection's dropped clips come from its manifest (read only when its summary counts some;
+    usable clips beyond `select.clips_per_relation` are counted, not listed); training's from its
+    summary (`left_out`); without a training result, the clips make_masks / encode_latents failed.
+    """
+    lines: list[str] = []
+    trained = {r.relation for r in results if r.stage == "train_relation"}
     for result in results:
-        status = "reused" if result.skipped else "built"
-        typer.echo(f"{result.relation:<9} {result.stage:<15} {status:<8} {result.uri}")
+        where = f"{result.relation} {result.stage}"
+        if result.stage == "select_clips" and result.summary.get("dropped", 1):
+            from dreamrelation.data.manifest import read_manifest  # deferred: read only when clips were dropped
+
+            try:
+                dropped = read_manifest(result.uri).dropped
+            except (OSError, ValueError):
+                lines.append(f"{where}: {result.summary.get('dropped', 'some')} clip(s) dropped, see {result.uri}")
+                continue
+            reasons = {d.clip_id: d.reason for d in dropped if d.reason != NOT_SAMPLED}
+            lines += _left_out_lines(where, reasons, result.uri)
+            unsampled = len(dropped) - len(reasons)
+            if unsampled:
+                lines.append(f"{where}: {unsampled} more usable clip(s) not sampled (select.clips_per_relation)")
+        elif result.stage == "train_relation":
+            lines += _left_out_lines(where, result.summary.get("left_out") or {}, result.uri)
+        elif result.stage in ("encode_latents", "make_masks") and result.relation not in trained:
+            lines += _left_out_lines(where, result.summary.get("reasons") or {}, result.uri)
+    if lines:
+        typer.echo("\nclips left out, and why:")
+        for line in lines:
+            typer.echo(f"  {line}")
+
+
+def _left_out_lines(where: str, reasons: dict[str, str], uri: str) -> list[str]:
+    lines = [f"{where}: {clip}: {reason}" for clip, reason in list(reasons.items())[:MAX_LEFT_OUT_LINES]]
+    if len(reasons) > MAX_LEFT_OUT_LINES:
+        lines.append(f"{where}: ... and {len(reasons) - MAX_LEFT_OUT_LINES} more, listed in {uri}")
+    return lines
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
+#: Errors of the machine, not of the input (a full disk): one line too, exit code 1.
+MACHINE_ERRORS = (DiskFullError,)
+#: The exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+#: Prefect's default (20 s) is too short for its temporary server on a loaded 2-core machine.
+SERVER_START_SECONDS = 90
+INTERRUPTED_LINE = "interrupted: stopped; run the same command again to resume (finished work is kept)"
 
 
 class _NoTracebackForInputErrors(logging.Filter):
@@ -80,7 +144,7 @@ class _NoTracebackForInputErrors(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, *MACHINE_ERRORS, KeyboardInterrupt)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -93,22 +157,82 @@ def _quiet_console_tracebacks() -> None:
         handler.addFilter(_NoTracebackForInputErrors())
 
 
+def _stop_at_once(signum: int, frame: object) -> None:
+    """Ctrl-C with a temporary Prefect server: end now, with one line and exit code 130.
+
+    The terminal sends SIGINT to the whole process group, the temporary server included, so
+    Prefect's client would spend minutes retrying a dead server to report the interruption.
+    Nothing needs that report: artifacts are complete only once their marker is written, the
+    next build of a key removes its stale temporaries, training resumes from its last
+    checkpoint and evaluation keeps its finished videos. The lock files this process holds are
+    removed on the way out; the watchdog of `guard_children` ends the server.
+    """
+    release_held_locks()
+    sys.stderr.write(f"\n{INTERRUPTED_LINE}\n")
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)
+
+
+def _start_temporary_server() -> None:
+    """Start Prefect's temporary server now, as a child that never sees Ctrl-C.
+
+    The terminal sends SIGINT to the whole foreground process group. The server is started
+    with SIGINT blocked (a blocked signal mask survives exec), so Ctrl-C reaches only this
+    process (`_stop_at_once`); the server prints nothing and is ended by the watchdog. Prefect's
+    client asks `SubprocessASGIServer()` for its server and gets this running one (one instance
+    per port; `tests/test_run_safety.py` checks that Prefect still works that way).
+    """
+    from prefect.server.api.server import SubprocessASGIServer  # deferred: fast --help
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS  # deferred: fast --help
+
+    class DeafToCtrlC(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), SERVER_START_SECONDS)
+    try:
+        DeafToCtrlC().start(timeout=timeout)
+    except RuntimeError:
+        typer.secho(
+            f"error: Prefect's temporary server did not answer within {timeout} s (a busy machine?); run again, "
+            "or start one with `prefect server start` and set PREFECT_API_URL",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
 def _guard(fn, *args, **kwargs):
     """Run a flow; known input errors become one clear line instead of a traceback.
 
     Without PREFECT_API_URL the flow runs against a temporary Prefect server, a child process
-    that must not outlive the CLI, even a killed one: `guard_children` ends it then.
+    that must not outlive the CLI, even a killed one: `guard_children` ends it then, and Ctrl-C
+    ends the command at once (`_stop_at_once`). With a real server, Ctrl-C takes Prefect's own
+    path (the run is reported as crashed) and ends with the same line and exit code.
     """
     from prefect.settings import PREFECT_API_URL  # deferred: fast --help
 
     _quiet_console_tracebacks()
-    if not PREFECT_API_URL.value():
+    if PREFECT_API_URL.value():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Prefect reports the interruption
+    else:
         guard_children()
+        _start_temporary_server()
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except MACHINE_ERRORS as exc:
+        typer.secho(f"error: {exc.strerror}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.secho(f"\n{INTERRUPTED_LINE}", err=True)
+        raise typer.Exit(INTERRUPTED) from None
 
 
 @app.command()
@@ -144,6 +268,7 @@ def demo(
         chosen = DEMO_RELATIONS if cfg.select.source == "ntu" else list(relation_table(cfg))
     results, report_uri = _guard(demo_flow, relations=chosen, config=cfg, force=force)
     _report([r for stage_results in results.values() for r in stage_results])
+    _report_left_out([r for stage_results in results.values() for r in stage_results])
     typer.echo(f"\nartifacts under {cfg.root}; dataset under {cfg.select.dataset_root}")
     typer.echo(f"evaluation report across relations: {report_uri}/report.md")
 
@@ -160,15 +285,19 @@ def run(
     """Run the pipeline (or one stage) for one relation."""
     from dreamrelation.flows.pipeline import STAGE_FLOWS, relation_pipeline  # deferred: fast --help
 
+    if relation.strip().lower() == ALL:
+        _fail("run takes one relation; for several use `dreamrelation demo --relations A058,A055`, "
+              "or `dreamrelation fan-out --relations all` to run every relation on the pool's workers")
+    for name, value in (("--stop-after", stop_after), ("--stage", stage)):
+        if value is not None and value not in STAGES:
+            _fail(f"{name} {value!r} is not a stage; stages: {', '.join(STAGES)}")
     cfg = _config(config, set_, [relation])
     if stage is None:
         results = _guard(relation_pipeline, relation=relation, config=cfg, force=force, stop_after=stop_after)
-    elif stage in STAGE_FLOWS:
-        results = [_guard(STAGE_FLOWS[stage], relation=relation, config=cfg, force=force)]
     else:
-        typer.secho(f"error: unknown stage {stage!r}; stages: {', '.join(STAGES)}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        results = [_guard(STAGE_FLOWS[stage], relation=relation, config=cfg, force=force)]
     _report(results)
+    _report_left_out(results)
 
 
 @app.command()
@@ -176,7 +305,9 @@ def select(relation: RelationOpt = "A058", config: ConfigOpt = None, set_: SetOp
     """Select the training clips of one relation and write the manifest."""
     from dreamrelation.flows.select_clips import select_clips_flow  # deferred: fast --help
 
-    _report([_guard(select_clips_flow, relation=relation, config=_config(config, set_, [relation]), force=force)])
+    results = [_guard(select_clips_flow, relation=relation, config=_config(config, set_, [relation]), force=force)]
+    _report(results)
+    _report_left_out(results)
 
 
 @app.command()
@@ -253,9 +384,13 @@ def sample(
         store = ArtifactStore(cfg.root)
         run = _guard(store.require, plan_relation(relation, cfg)["train_relation"].key)
         lora = str(fetch_local(f"{run}/{LORA_FILE}"))  # a download when the root is remote
+    elif Path(lora).is_dir():
+        if not (Path(lora) / LORA_FILE).is_file():
+            _fail(f"--lora {lora} is a folder without {LORA_FILE}: give the .safetensors file, "
+                  "or a training run folder (relations/<id>/runs/train-<fp>)")
+        lora = str(Path(lora) / LORA_FILE)
     elif not Path(lora).is_file():
-        typer.secho(f"error: LoRA file {lora} does not exist", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        _fail(f"LoRA file {lora} does not exist")
     _, path = _guard(sample_video, prompt, lora, out, cfg.train.sample, cfg.model)
     typer.echo(f"wrote {path}")
 
@@ -296,6 +431,12 @@ def fan_out(
     """
     from dreamrelation.flows.fanout import ALL_RELATIONS, FanOutError, fan_out_flow  # deferred: fast --help
 
+    from prefect.settings import PREFECT_API_URL  # deferred: fast --help
+
+    if not PREFECT_API_URL.value():
+        _fail("fan-out starts runs of deployments on a Prefect server: start one (`prefect server start`), set "
+              "PREFECT_API_URL, create the deployments (`prefect deploy --all` or `dreamrelation serve`); "
+              "on this machine alone, `dreamrelation demo --relations A058,A055` runs several relations")
     chosen = ALL_RELATIONS if relations.strip().lower() == ALL else [r.strip() for r in relations.split(",") if r.strip()]
     try:
         _guard(
@@ -355,6 +496,7 @@ def study(
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, _stop_at_once)  # from the first moment: Ctrl-C during imports too
     # diffusers' Mochi RoPE asks for float32 CPU autocast on every forward pass (harmless).
     warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
     app(prog_name="dreamrelation")

@@ -24,8 +24,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from dreamrelation.config import ALL, PipelineConfig, relations_to_run
+from dreamrelation.data.previews import format_seconds
 from dreamrelation.plan import STAGES
 from dreamrelation.tasks.runs import PROJECT_TAG, fan_out_name, tag_flow_run
 from dreamrelation.tasks.summary import RelationRow, publish_fan_out_summary
@@ -36,6 +38,22 @@ ALL_RELATIONS = [ALL]
 
 class FanOutError(RuntimeError):
     """Some relations' pipeline runs did not complete; the message lists them."""
+
+
+class DeploymentNotFoundError(ValueError):
+    """The pipeline deployment the fan-out would start runs of does not exist on the API."""
+
+
+def require_deployment(name: str) -> None:
+    """Fail with one line, before any run starts, when deployment `name` is not on the Prefect API."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise DeploymentNotFoundError(
+                f"deployment {name!r} is not on the Prefect API at {client.api_url}: create the deployments "
+                "with `prefect deploy --all` (prefect.yaml) or `dreamrelation serve`, and start workers"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -96,10 +114,9 @@ def _report(statuses: list[RelationRunStatus], config: PipelineConfig) -> None:
         table=rows,
         description=f"Relation pipelines: {done} of {len(statuses)} completed",
     )
-    lines = [f"{'relation':<9} {'state':<10} {'seconds':>8}  flow run / message"]
+    lines = [f"{'relation':<9} {'state':<10} {'duration':>8}  flow run / message"]
     for s in statuses:
-        seconds = "" if s.seconds is None else f"{s.seconds:.0f}"
-        lines.append(f"{s.relation:<9} {s.state:<10} {seconds:>8}  {s.flow_run} {s.message}".rstrip())
+        lines.append(f"{s.relation:<9} {s.state:<10} {format_seconds(s.seconds):>8}  {s.flow_run} {s.message}".rstrip())
     get_run_logger().info("fan-out: %d of %d relations completed\n%s", done, len(statuses), "\n".join(lines))
     publish_fan_out_summary(
         [RelationRow(s.relation, s.state, s.seconds, s.flow_run_id, s.flow_run, s.message) for s in statuses], config
@@ -128,6 +145,7 @@ def fan_out_flow(
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
 
+    require_deployment(deployment)
     tag_flow_run(PROJECT_TAG, "fan-out")
     parent = FlowRunContext.get()
     parent_id = str(parent.flow_run.id) if parent and parent.flow_run else str(uuid4())

@@ -17,9 +17,10 @@ from dreamrelation.flows.select_clips import select_clips_flow
 from dreamrelation.flows.train_relation import train_relation_flow
 from dreamrelation.flows.write_captions import write_captions_flow
 from dreamrelation.plan import STAGES
+from dreamrelation.preflight import check_inputs
 from dreamrelation.tasks.common import StageResult
 from dreamrelation.tasks.runs import pipeline_name, stage_run
-from dreamrelation.tasks.summary import StageRow, publish_pipeline_summary, stage_row
+from dreamrelation.tasks.summary import StageRow, publish_pipeline_summary, stage_row, stage_table
 
 STAGE_FLOWS = {
     "select_clips": select_clips_flow,
@@ -43,13 +44,16 @@ def relation_pipeline(
 
     `stop_after` ends the run after the named stage (e.g. `make_masks` on a CPU-only machine).
     The run ends with a summary artifact `<relation>-pipeline-summary`: every stage, built or
-    reused, its duration, its subflow run and artifact, and the final metrics (also on failure).
+    reused, its duration, its subflow run and artifact, and the final metrics (also on failure),
+    and logs the table the CLI prints (relation, stage, built / reused, artifact) for the stages
+    that finished.
     """
     relation = normalize_relation_id(relation)
     info = get_relation(relation, relation_table(config))  # fail fast on an unknown id
-    ArtifactStore(config.root).check_writable()  # ... and on a root no stage could write
-    if stop_after is not None and stop_after not in STAGES:
+    if stop_after is not None and stop_after not in STAGES:  # ... or stage, before the root is made
         raise ValueError(f"stop_after={stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
+    ArtifactStore(config.root).check_writable()  # ... on a root no stage could write
+    check_inputs(relation, config, stop_after)  # ... and on an input a later stage would find bad, hours later
     results: list[StageResult] = []
     rows: list[StageRow] = []
     with stage_run(relation, "relation_pipeline", "pipeline"):
@@ -63,6 +67,8 @@ def relation_pipeline(
                     break
         finally:
             publish_pipeline_summary(relation, rows, stop_after, info.name)
+            if results:
+                get_run_logger().info("relation-pipeline %s:\n%s", relation, stage_table(results))
     return results
 
 
@@ -71,13 +77,20 @@ def demo_flow(
     relations: list[str] = DEMO_RELATIONS,
     config: PipelineConfig = PipelineConfig(),
     force: bool = False,
-) -> dict[str, list[StageResult]]:
-    """The embedded default: synthetic NTU data + tiny models, the whole DAG for a few relations."""
+) -> tuple[dict[str, list[StageResult]], str]:
+    """The embedded default: synthetic NTU data + tiny models, the whole DAG for a few relations.
+
+    Its log ends with the table of every relation's stages (as the CLI prints it) and the report.
+    """
+    table = relation_table(config)
+    for relation in relations:  # every relation's inputs, before the first relation's stages run
+        check_inputs(get_relation(relation, table).id, config)
     logger = get_run_logger()
     results = {}
     for relation in relations:
         results[relation] = relation_pipeline(relation=relation, config=config, force=force)
         logger.info("demo: relation %s finished", relation)
     report = evaluation_report_flow(relations=list(relations), config=config)
+    logger.info("demo: every stage of %s:\n%s", ", ".join(results), stage_table(r for rs in results.values() for r in rs))
     logger.info("demo: evaluation report across relations at %s/report.md", report)
     return results, report

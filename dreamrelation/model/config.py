@@ -7,6 +7,7 @@ Prefect deployments. Defaults are the paper's settings (METHOD.md §2-§5); each
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -136,6 +137,10 @@ class SampleConfig(StrictConfig):
 class TrainConfig(StrictConfig):
     """The training run (METHOD.md §3-§5)."""
 
+    #: Fields that only change what is reported, never what is trained: left out of `str(config)`
+    #: and `key_dump()` at any value, so they never change the training artifact's key.
+    not_in_key: ClassVar[frozenset[str]] = frozenset({"log_every"})
+
     steps: int = Field(default=2400, ge=1, description="Optimizer steps (batch size 1).")
     min_clips: int = Field(
         default=4,
@@ -194,6 +199,21 @@ class TrainConfig(StrictConfig):
     sample: SampleConfig = Field(default_factory=SampleConfig, description="Settings of the periodic samples.")
     lora: LoraTripletConfig = Field(default_factory=LoraTripletConfig, description="LoRA placement.")
     seed: int = Field(default=0, description="Seed of all training randomness (clip, group, noise, dropout).")
+    log_every: int = Field(
+        default=50,
+        ge=1,
+        description="Log the losses every N steps (and always the first and the last step); "
+        "metrics.jsonl and the progress bar still get every step. Does not change the artifact key.",
+    )
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if name not in self.not_in_key:
+                yield name, value
+
+    def key_dump(self) -> dict[str, Any]:
+        """`StrictConfig.key_dump()` without the reporting fields (`not_in_key`)."""
+        return {name: value for name, value in super().key_dump().items() if name not in self.not_in_key}
 
     @classmethod
     def demo(cls) -> TrainConfig:
@@ -206,6 +226,7 @@ class TrainConfig(StrictConfig):
             checkpoint_every=10,
             keep_last=2,
             sample_every=15,
+            log_every=5,
             gradient_checkpointing=False,
             sample=SampleConfig.demo(),
             lora=LoraTripletConfig.demo(),

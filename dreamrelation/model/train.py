@@ -47,6 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from dreamrelation.data.previews import format_sig
 from dreamrelation.model import lora, numerics
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
 from dreamrelation.model.joint_attention import trim_text_padding
@@ -358,7 +359,7 @@ def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: TrainConfig)
         for name, param in params.items():
             param.copy_(saved[name])
     training_state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
-    if training_state["config"] != cfg.model_dump_json():
+    if not _same_training(training_state["config"], cfg):
         log.warning("resuming %s with a different TrainConfig than it was saved with", checkpoint)
     state.optimizer.load_state_dict(training_state["optimizer"])
     state.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
@@ -371,6 +372,13 @@ def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: TrainConfig)
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+def _same_training(saved: str, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's TrainConfig (JSON) trains as `cfg` does; reporting fields such as
+    `log_every` (`TrainConfig.not_in_key`) do not count."""
+    kept = {name: value for name, value in json.loads(saved).items() if name not in cfg.not_in_key}
+    return kept == cfg.key_dump()
 
 
 def train(
@@ -393,7 +401,9 @@ def train(
     scaling_factor normalize the latents as `MochiPipeline` un-normalizes them.
     `stop_at` stops after that step as if interrupted (no export); `sampler(transformer, step)`
     replaces the default periodic sampler (relation + FFN LoRAs through `MochiPipeline`);
-    `on_step(record)` is called after every step with its log record (progress reporting),
+    `on_step(record)` is called after every step with its record (progress reporting); the
+    losses are logged every `cfg.log_every` steps and at the first and last step of the run,
+    while `metrics.jsonl` gets every step;
     `on_checkpoint(path)` after every checkpoint is written (e.g. to upload it).
     At the end the inference LoRA is written to `run_dir/relation_lora.safetensors`.
     """
@@ -422,6 +432,7 @@ def train(
         sampler = TrainingSampler(model_dir, cfg.sample, cfg.sample_prompt, run_dir / "samples", device, dtype)
 
     record = _last_record(metrics_path)
+    first_step = state.step + 1
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=None)
     with bar, metrics_path.open("a") as metrics:
         while state.step < last_step:
@@ -433,17 +444,10 @@ def train(
                 raise NonFiniteLossError(f"{exc}; training stopped, last good checkpoint: {where}") from exc
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-            log.info(
-                "step %d/%d group=%s loss_rec=%.5f loss_rcl=%s lr=%.3e",
-                record["step"],
-                cfg.steps,
-                record["group"],
-                record["loss_rec"],
-                "-" if record["loss_rcl"] is None else f"{record['loss_rcl']:.5f}",
-                record["lr"],
-            )
+            if should_log(state.step, first_step, last_step, cfg.log_every):
+                log.info("%s", step_line(record, cfg.steps))
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss_rec']:.4f}", group=record["group"])
+            bar.set_postfix(loss=format_sig(record["loss_rec"]), group=record["group"])
             if on_step is not None:
                 on_step(record)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
@@ -466,6 +470,19 @@ def train(
         loss_rcl=record.get("loss_rcl"),
         resumed_from=resumed_from,
         parameter_table=state.parameter_table,
+    )
+
+
+def should_log(step: int, first: int, last: int, every: int) -> bool:
+    """Whether step `step` gets a log line: every `every` steps, and the first and last step of the run."""
+    return step in (first, last) or step % every == 0
+
+
+def step_line(record: dict[str, Any], total: int) -> str:
+    """`step 50/2400 group=relation loss_rec=0.1235 loss_rcl=0.5678 lr=0.0002` (4 significant figures)."""
+    return (
+        f"step {record['step']}/{total} group={record['group']} loss_rec={format_sig(record['loss_rec'])} "
+        f"loss_rcl={format_sig(record['loss_rcl'], missing='-')} lr={format_sig(record['lr'])}"
     )
 
 

@@ -27,7 +27,7 @@ from dreamrelation.evaluation.report import (
 from dreamrelation.model.train import LORA_FILE
 from dreamrelation.plan import plan_relation
 from dreamrelation.stages.evaluate import evaluate_relation
-from dreamrelation.tasks.common import StageResult, run_stage
+from dreamrelation.tasks.common import StageResult, run_label, run_stage
 from dreamrelation.tasks.summary import metrics_markdown
 from dreamrelation.tasks.ui import Progress, artifact_key, cell, markdown_image
 
@@ -198,8 +198,11 @@ def evaluation_report_task(relations: list[str], config: PipelineConfig) -> str:
     fp = fingerprint("evaluation_report", {"relations": names}, [a.fingerprint for a in found], REPORT_CODE_VERSION)
     key = f"reports/evaluation-{fp}"
     if not store.is_complete(key):
-        with store.write(key, {"stage": "evaluation_report", "relations": names}) as tmp:
-            write_combined_report([store.uri(a.key) for a in found], tmp)
+        with store.lock(key, holder=run_label()):
+            if not store.is_complete(key):  # another run may have written it meanwhile
+                store.remove_partials(key)
+                with store.write(key, {"stage": "evaluation_report", "relations": names}) as tmp:
+                    write_combined_report([store.uri(a.key) for a in found], tmp)
     uri = store.uri(key)
     create_markdown_artifact(
         key=artifact_key("evaluation", "report"),

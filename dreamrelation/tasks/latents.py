@@ -38,7 +38,7 @@ def encode_latents_task(relation: str, config: PipelineConfig, force: bool = Fal
     result = run_stage(store, artifact, build, force)
     reasons = result.summary.get("reasons", {})
     create_table_artifact(
-        key=artifact_key("latents", relation),
+        key=artifact_key(relation, "latents"),
         table=[
             {"clip": c.clip_id, "status": "failed" if c.clip_id in reasons else "ok",
              "reason": reasons.get(c.clip_id, "")}

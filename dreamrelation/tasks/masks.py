@@ -38,7 +38,7 @@ def make_masks_task(relation: str, config: PipelineConfig, force: bool = False) 
 
     result = run_stage(store, artifact, build, force)
     create_markdown_artifact(
-        key=artifact_key("masks", relation),
+        key=artifact_key(relation, "masks"),
         markdown=mask_report(result.uri, config.masks),
         description=f"make_masks {relation}: S1 / S2 per clip, with previews",
     )
@@ -70,7 +70,7 @@ def mask_report(uri: str, masks: MaskConfig, max_previews: int = MAX_PREVIEWS) -
         if record["status"] == "ok":
             coverage = list(record.get("coverage") or [])
             if len(coverage) == 2:
-                s1, s2 = (f"{format_sig(100 * c, 3)} % of pixels" for c in coverage)
+                s1, s2 = (f"{format_sig(100 * c)} % of pixels" for c in coverage)
             if shown < max_previews:
                 try:
                     detail = _preview(f"{uri}/{record['preview']}", masks)

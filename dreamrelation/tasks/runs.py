@@ -3,7 +3,8 @@
 - `stage_run_name(stage)` is a flow's `flow_run_name`: the run of stage `train_relation` for A058
   is named `a058-train-relation-<first 8 hex of the stage's fingerprint>`, so reruns of the same
   artifact share a name and another config gets another one (random names like `brainy-magpie`
-  say nothing);
+  say nothing); the pipeline, the fan-out (`fan-out-26-relations-<fp>`) and the toy world's
+  pretraining (`toy-base-<fp>`) and study (`toy-study-<fp>`) are named the same way;
 - `stage_run(relation, stage)` (a context manager around a flow's body) tags the flow run
   `relation:A058` and `stage:train_relation` (the runs list filters on tags) and routes the
   method's `dreamrelation.*` loggers into the run's log at INFO (`method_logs`): the training
@@ -22,10 +23,10 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.logging.handlers import APILogHandler
 
-from dreamrelation.config import PipelineConfig
+from dreamrelation.config import ALL, PipelineConfig, ToyConfig, relations_to_run
 from dreamrelation.data.ntu import normalize_relation_id
 from dreamrelation.data.store import fingerprint
-from dreamrelation.plan import STAGES, plan_relation
+from dreamrelation.plan import STAGES, plan_relation, plan_toy
 
 METHOD_LOGGER = "dreamrelation"
 SHORT_FP = 8
@@ -50,6 +51,10 @@ def _config(value: Any) -> PipelineConfig:
     return value if isinstance(value, PipelineConfig) else PipelineConfig.model_validate(value or {})
 
 
+def _toy_config(value: Any) -> ToyConfig:
+    return value if isinstance(value, ToyConfig) else ToyConfig.model_validate(value or {})
+
+
 def run_name(relation: str, stage: str, config: PipelineConfig | dict[str, Any] | None) -> str:
     """`a058-train-relation-1a2b3c4d`: relation, stage, short fingerprint of the stage's artifact."""
     relation = normalize_relation_id(relation)
@@ -66,9 +71,23 @@ def pipeline_run_name(relation: str, config: PipelineConfig | dict[str, Any] | N
 
 
 def fan_out_run_name(relations: list[str], config: PipelineConfig | dict[str, Any] | None) -> str:
-    """`fan-out-3-relations-<fp>`, the fingerprint of the relations and the config."""
-    fp = fingerprint("fan_out", _config(config), sorted(relations), "1")[:SHORT_FP]
+    """`fan-out-3-relations-<fp>`, the fingerprint of the relations and the config.
+
+    `["all"]` counts the relations it stands for (`fan-out-26-relations-<fp>` for NTU).
+    """
+    config = _config(config)
+    relations = relations_to_run(config, relations)
+    fp = fingerprint("fan_out", config, sorted(relations), "1")[:SHORT_FP]
     return f"fan-out-{len(relations)}-relations-{fp}"
+
+
+#: Run-name prefix of each toy-world stage.
+TOY_RUN_NAMES = {"pretrain_base": "toy-base", "study": "toy-study"}
+
+
+def toy_run_name(stage: str, config: ToyConfig | dict[str, Any] | None) -> str:
+    """`toy-base-1a2b3c4d` / `toy-study-1a2b3c4d`: the toy stage, short fingerprint of its artifact."""
+    return f"{TOY_RUN_NAMES[stage]}-{plan_toy(_toy_config(config))[stage].fingerprint[:SHORT_FP]}"
 
 
 def _safe(make: Callable[[], str], fallback: Callable[[], str]) -> str:
@@ -109,7 +128,18 @@ def fan_out_name() -> str:
     """`flow_run_name=` of the fan-out."""
     params = _parameters()
     relations = [str(r) for r in params.get("relations") or []]
-    return _safe(lambda: fan_out_run_name(relations, params.get("config")), lambda: f"fan-out-{len(relations)}-relations")
+    count = "all" if [r.lower() for r in relations] == [ALL] else str(len(relations))
+    return _safe(lambda: fan_out_run_name(relations, params.get("config")), lambda: f"fan-out-{count}-relations")
+
+
+def toy_stage_run_name(stage: str) -> Callable[[], str]:
+    """`flow_run_name=` of a toy-world flow: `toy-base-<short fp>` / `toy-study-<short fp>`."""
+
+    def name() -> str:
+        return _safe(lambda: toy_run_name(stage, _parameters().get("config")), lambda: TOY_RUN_NAMES[stage])
+
+    name.__name__ = f"{stage}_run_name"
+    return name
 
 
 def tag_flow_run(*tags: str) -> list[str]:

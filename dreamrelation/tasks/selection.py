@@ -59,7 +59,7 @@ def select_clips_task(relation: str, config: PipelineConfig, force: bool = False
     rows = [{"clip": c.clip_id, "status": "selected", "reason": ""} for c in manifest.clips]
     rows += [{"clip": d.clip_id, "status": "dropped", "reason": d.reason} for d in manifest.dropped]
     create_table_artifact(
-        key=artifact_key("clips", relation),
+        key=artifact_key(relation, "clips"),
         table=rows,
         description=f"Clips of {relation} ({manifest.relation_name}): {len(manifest.clips)} selected",
     )

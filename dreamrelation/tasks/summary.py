@@ -3,6 +3,8 @@
 The stage subflows publish their own artifacts; a person who opens the `relation-pipeline` run
 (or the `fan-out` run) sees on that run a table of every stage (built, reused, failed or not
 run, its duration, a link to its subflow run and its artifact URI) and the final metrics.
+`stage_table` is the plain-text table of where every artifact went: the CLI prints it at the
+end, and the pipeline and demo flows log it into their run's log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dreamrelation.data.previews import format_seconds, format_sig
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.evaluation.report import METRIC_LABELS, reported_metrics
 from dreamrelation.plan import STAGES, plan_relation
+from dreamrelation.tasks.common import StageResult
 from dreamrelation.tasks.runs import run_name
 from dreamrelation.tasks.ui import artifact_key, cell, in_prefect_run
 
@@ -41,6 +44,18 @@ class StageRow:
     uri: str = ""
     note: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_table(results: Iterable[StageResult]) -> str:
+    """Where every artifact went, one line per stage result: relation, stage, built / reused, URI.
+
+    The CLI prints this table at the end of a command; the pipeline and demo flows log it.
+    """
+    lines = [f"{'relation':<9} {'stage':<15} {'status':<8} artifact"]
+    for result in results:
+        status = "reused" if result.skipped else "built"
+        lines.append(f"{result.relation:<9} {result.stage:<15} {status:<8} {result.uri}")
+    return "\n".join(lines)
 
 
 def stage_row(stage: str, state: State, seconds: float, relation: str, config: PipelineConfig) -> StageRow:

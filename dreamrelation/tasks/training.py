@@ -102,6 +102,17 @@ class SamplePublisher:
         self.stride = max(1, -(-count // limit)) if count else 1
         self.published: set[int] = set()
 
+    def describe(self, step: int) -> str:
+        """`step 200 of 2400: training sample of A058 (first / middle / last frame): 'prompt'`.
+
+        The step comes first: an artifact card shows the first line of the description, and the
+        samples of one run are versions of one key, so the step is what tells them apart.
+        """
+        return (
+            f"step {step} of {self.last}: training sample of {self.relation} "
+            f"(first / middle / last frame): {self.prompt!r}"
+        )
+
     def wanted(self, step: int) -> bool:
         return step == self.last or (step // self.every) % self.stride == 0
 
@@ -120,11 +131,6 @@ class SamplePublisher:
             except (OSError, ValueError) as exc:
                 get_run_logger().warning("training sample %s unreadable, not published: %s", path.name, exc)
                 continue
-            publish_image(
-                artifact_key(self.relation, "train-sample"),
-                frame_strip(frames),
-                f"Training sample of {self.relation} at step {sample_step} (first / middle / last frame): "
-                f"{self.prompt!r}",
-            )
+            publish_image(artifact_key(self.relation, "train-sample"), frame_strip(frames), self.describe(sample_step))
             found.append(sample_step)
         return found

@@ -105,7 +105,7 @@ class Progress:
     with Progress(artifact_key("a058", "train-steps"), total=steps, description="training steps") as bar:
         for step in range(steps):
             ...
-            bar.update(step + 1, note=f"loss {loss:.4f}")
+            bar.update(step + 1, note=f"loss {format_sig(loss)}")
     ```
     The description reads `training steps: 12/30 · loss 0.1234 · elapsed 0:42 · ETA 1:03` (the ETA
     from the rate since the first update, so a resumed run's earlier steps do not count).
