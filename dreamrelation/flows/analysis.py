@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from dreamrelation.config import PipelineConfig
+from dreamrelation.data.previews import format_sig
 from dreamrelation.model.analysis import PAIRS, analyze_qkv
 from dreamrelation.model.config import BaseModelConfig
 
@@ -67,9 +68,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "|---|" + "---:|" * (len(PAIRS) + 1),
     ]
     for stream, means in summary["mean"].items():
-        cells = ["n/a" if means[pair] is None else f"{means[pair]:.4f}" for pair in PAIRS]
+        cells = [format_sig(means[pair]) for pair in PAIRS]
         baseline = summary["random_subspace_expectation"].get(stream)
-        cells.append("n/a" if baseline is None else f"{baseline:.4f}")
+        cells.append(format_sig(baseline))
         lines.append(f"| {stream} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

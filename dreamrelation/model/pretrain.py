@@ -33,6 +33,7 @@ from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, Mochi
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import KINDS, PALETTE, RELATIONS, WorldConfig, render_clip, sample_specs
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
@@ -232,7 +233,7 @@ def _run_phase(
         running.append(value)
         if (step + 1) % 10 == 0:
             losses.append((step + 1, float(np.mean(running))))
-            log.info("%s step %d/%d loss %.5f", name, step + 1, steps, losses[-1][1])
+            log.info("%s step %d/%d loss %s", name, step + 1, steps, format_sig(losses[-1][1]))
             running = []
         if on_step is not None:
             on_step(step + 1, value)

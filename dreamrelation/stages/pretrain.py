@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from dreamrelation.data.store import fingerprint
+from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import sample_specs
 from dreamrelation.evaluation.toy import as_records, judge_generations, reconstruction_report, summarize
 from dreamrelation.model.mochi import load_pipeline
@@ -161,6 +162,6 @@ def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | 
 
 def gates_table(result: dict[str, Any]) -> str:
     """The gates as a markdown table."""
-    rows = [f"| {name} | {g['value']:.3f} | >= {g['threshold']:g} | {'pass' if g['passed'] else 'FAIL'} |"
+    rows = [f"| {name} | {format_sig(g['value'])} | >= {g['threshold']:g} | {'pass' if g['passed'] else 'FAIL'} |"
             for name, g in result["gates"].items()]
     return "\n".join(["| gate | measured | target | |", "|---|---|---|---|", *rows])

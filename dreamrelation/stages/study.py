@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamrelation.data.masks import latent_masks
+from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import KINDS, ClipSpec, WorldConfig, render_clip, sample_specs
 from dreamrelation.evaluation.config import STUDY_METRICS, StudyConfig
 from dreamrelation.evaluation.toy import as_records, judge_generations, summarize
@@ -174,9 +175,8 @@ def run_study(cfg: StudyConfig, model_dir: str | Path, world: WorldConfig, folde
         for method in cfg.methods:
             for seed in cfg.seeds:
                 runs.append(run_one(cfg, relation, method, seed, model_dir, folder, training, prompts, world))
-                log.info("study %s %s seed %d: relation accuracy %.2f, fidelity %.2f, leakage %.2f", relation,
-                         method, seed, runs[-1]["relation_accuracy"], runs[-1]["subject_fidelity"],
-                         runs[-1]["appearance_leakage"])
+                log.info("study %s %s seed %d: relation accuracy %s, fidelity %s, leakage %s", relation,
+                         method, seed, *(format_sig(runs[-1][m]) for m in STUDY_METRICS))
                 if progress is not None:
                     progress("study", len(runs), total)
     table = aggregate(runs, cfg.methods, cfg.relations)
@@ -219,7 +219,7 @@ def report_markdown(table: dict[str, Any], cfg: StudyConfig) -> str:
                   "|---|---|---|---|"]
         for method, cells in rows.items():
             lines.append(f"| {method} | " + " | ".join(
-                f"{cells[m]['mean']:.3f} ± {cells[m]['std']:.3f}" for m in STUDY_METRICS) + " |")
+                f"{format_sig(cells[m]['mean'])} ± {format_sig(cells[m]['std'])}" for m in STUDY_METRICS) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -232,7 +232,7 @@ def diagnostics_markdown(runs: list[dict[str, Any]], methods: list[str]) -> str:
 
     def mean(values: list[float | None]) -> str:
         kept = [v for v in values if v is not None]
-        return f"{np.mean(kept):.3g}" if kept else "-"
+        return format_sig(float(np.mean(kept))) if kept else "-"
 
     for method in methods:
         chosen = [r["diagnostics"] for r in runs if r["method"] == method and r.get("diagnostics")]
