@@ -32,7 +32,7 @@ from dreamrelation.data.relations import (
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
-from dreamrelation.evaluation.config import EvalConfig, StudyConfig
+from dreamrelation.evaluation.config import EvalConfig, EvalMethod, StudyConfig
 from dreamrelation.model.config import BaseModelConfig, PretrainConfig, TrainConfig
 from dreamrelation.stages.latents import LatentConfig
 
@@ -40,6 +40,9 @@ log = logging.getLogger("dreamrelation.config")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_RELATIONS = ["A058", "A055", "A112"]
 DEMO_DATASET = ".dreamrelation/demo/ntu"
+WORLD_DEMO_DATASET = ".dreamrelation/world-demo/ntu"  # configs/world-demo.yaml
+#: Dataset roots the synthetic generator may create: the demos' own (any other must exist, empty).
+GENERATED_DATASETS = (DEMO_DATASET, WORLD_DEMO_DATASET)
 
 
 class ConfigError(ValueError):
@@ -99,6 +102,27 @@ class PipelineConfig(StrictConfig):
             # selection checks every clip's masks, so a clip whose masks do not fit is replaced there
             self.select = self.select.model_copy(update={"require_masks": True})
         return self
+
+    @model_validator(mode="after")
+    def _trained_methods_train(self) -> PipelineConfig:
+        """Every 'trained' evaluation method's overrides give a valid training config, checked now, not at its turn."""
+        for index, method in enumerate(self.evaluate.methods):
+            if method.source == "trained":
+                try:
+                    self.method_train(method)
+                except ValidationError as exc:
+                    raise ValueError(f"evaluate.methods[{index}] ({method.name}).train: "
+                                     f"{describe_errors(exc).removeprefix('config: ')}") from None
+        return self
+
+    def method_train(self, method: EvalMethod) -> TrainConfig:
+        """The training of a 'trained' evaluation method: `train` with its overrides (a baseline, an ablation)."""
+        return TrainConfig.model_validate(_merge(self.train.model_dump(mode="json"), method.train))
+
+    @property
+    def trained_methods(self) -> list[EvalMethod]:
+        """The evaluation methods whose LoRA the train_relation stage trains beside the relation's own."""
+        return [method for method in self.evaluate.methods if method.source == "trained"]
 
     @model_validator(mode="after")
     def _real_runs_need_real_mask_models(self) -> PipelineConfig:

@@ -57,6 +57,8 @@ class StrictConfig(BaseModel):
                 data.pop(name, None)
             elif isinstance(value, StrictConfig):
                 data[name] = value.key_dump()
+            elif isinstance(value, list) and value and all(isinstance(v, StrictConfig) for v in value):
+                data[name] = [v.key_dump() for v in value]
         return data
 
     @model_validator(mode="before")

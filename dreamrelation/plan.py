@@ -81,9 +81,10 @@ def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtif
     fps: dict[str, str] = {}
     keyed = key_config(config)
 
-    def stage(name: str, stage_config: object, inputs: list[str], key: str) -> StageArtifact:
-        fps[name] = fingerprint(name, stage_config, [relation, *inputs], CODE_VERSIONS[name])
-        return StageArtifact(name, relation, fps[name], f"{base}/{key.format(fp=fps[name])}")
+    def stage(name: str, stage_config: object, inputs: list[str], key: str, label: str | None = None) -> StageArtifact:
+        label = label or name
+        fps[label] = fingerprint(name, stage_config, [relation, *inputs], CODE_VERSIONS[name])
+        return StageArtifact(name, relation, fps[label], f"{base}/{key.format(fp=fps[label])}")
 
     select_cfg = {"select": keyed.select, "video": config.video, "synthetic": config.synthetic}
     # Data the config only names are inputs too. A folder dataset's files and sidecar texts: editing
@@ -120,13 +121,27 @@ def plan_relation(relation: str, config: PipelineConfig) -> dict[str, StageArtif
         [fps["encode_latents"], fps["make_masks"]],
         "runs/train-{fp}",
     )
+    trained = [trained_key(method.slug) for method in config.trained_methods]
+    for method, label in zip(config.trained_methods, trained):  # a baseline's run is keyed like the relation's own
+        plan[label] = stage(
+            "train_relation",
+            {"train": config.method_train(method), "model": keyed.model},
+            [fps["encode_latents"], fps["make_masks"]],
+            "runs/train-{fp}",
+            label,
+        )
     plan["evaluate"] = stage(
         "evaluate",
         {"evaluate": keyed.evaluate, "model": keyed.model},
-        [fps["train_relation"], *file_digest(config.evaluate.prompts_path)],
+        [fps["train_relation"], *[fps[label] for label in trained], *file_digest(config.evaluate.prompts_path)],
         "runs/eval-{fp}",
     )
     return plan
+
+
+def trained_key(method_slug: str) -> str:
+    """The plan entry of a 'trained' evaluation method's training run: `train_relation:<slug>`."""
+    return f"train_relation:{method_slug}"
 
 
 def resolve_local(path: str) -> str:

@@ -95,8 +95,10 @@ def test_toy_judge_scores_world_clips_through_the_evaluate_stage(judged) -> None
     written = json.loads((out / "results.json").read_text())
     assert written["config"]["relation_judge"] == "toy"
     report = (out / REPORT_FILE).read_text()
-    assert "| Method | Relation Accuracy ↑ | Subject Fidelity ↑ | Appearance Leakage ↓ | CLIP-T ↑ |" in report
-    assert "| Right | 1 ± 0 | 1 | 0 | n/a |" in report
+    assert "| Method | Relation Accuracy ↑ | Subject Fidelity ↑ | Appearance Leakage ↓ | Joint ↑ | CLIP-T ↑ |" in report
+    assert "| Right | 1 ± 0 | 1 | 0 | 1 | n/a |" in report
+    assert right["joint"]["value"] == 1.0 and wrong["joint"]["value"] == 0.0  # relation and both subjects
+    assert "not how it does on Mochi-1" in report
     assert "toy-world judge" in report and "VLM" not in report
 
 
@@ -115,7 +117,7 @@ def test_combined_report_pools_the_judge_metrics_over_videos(judged) -> None:
     assert right["relation_accuracy"]["value"] == 1.0 and right["relation_accuracy"]["n"] == 6
     assert right["subject_fidelity"]["value"] == 1.0 and right["appearance_leakage"]["n"] == 6
     markdown = combined_markdown(combined)
-    assert markdown.count("| Method | Relation Accuracy ↑ | Subject Fidelity ↑ | Appearance Leakage ↓ |") == 3
+    assert markdown.count("| Method | Relation Accuracy ↑ | Subject Fidelity ↑ | Appearance Leakage ↓ | Joint ↑ |") == 3
     assert "toy-world judge" in markdown
 
     # One relation scored by a VLM instead: relation accuracy is the mean of the relations'
@@ -124,7 +126,7 @@ def test_combined_report_pools_the_judge_metrics_over_videos(judged) -> None:
     for method in results["methods"]:
         accuracy = summarize_answers([["yes", "no", "no"]]).to_dict()
         entry = {"computed": True, "value": accuracy.pop("mean"), "std": accuracy.pop("std"), "reason": None, **accuracy}
-        kept = {k: v for k, v in method.items() if k not in ("subject_fidelity", "appearance_leakage")}
+        kept = {k: v for k, v in method.items() if k not in ("subject_fidelity", "appearance_leakage", "joint")}
         vlm_methods.append({**kept, "relation_accuracy": entry})
     vlm = {**results, "relation": "push-vlm", "methods": vlm_methods,
            "config": {**results["config"], "relation_judge": "vlm"}}

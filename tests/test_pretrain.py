@@ -318,3 +318,28 @@ def test_neighbour_heads_put_the_contrast_word_into_the_kind_word() -> None:
     # over many captions: the random T5's kind word says nothing of its phrase's contrast
     assert shares["random"]["its phrase's contrast"] < 0.02 < 0.08 < shares["neighbours"]["its phrase's contrast"]
     assert shares["random"]["its kind"] > 0.5 and shares["neighbours"]["its kind"] > 0.2
+
+
+def test_export_writes_a_float16_copy_and_never_replaces_a_foreign_folder(toy_base: Path, tmp_path: Path) -> None:
+    """issue 22 §1: `dreamrelation pretrain --export DIR` writes the shipped copy (float16, with key and gates)."""
+    from safetensors import safe_open
+
+    from dreamrelation.model.mochi import load_transformer
+    from dreamrelation.stages.pretrain import BASE_FILE, ExportError, export_base
+
+    out = export_base(toy_base, tmp_path / "toy-base", "abc123")
+    assert json.loads((out / BASE_FILE).read_text())["fingerprint"] == "abc123"
+    assert set(json.loads((out / GATES_FILE).read_text())) == {"seen_relations", "held_out_relations", "measured", "gates"}
+    with safe_open(str(out / MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
+    original, shipped = load_transformer(toy_base / MODEL_DIR), load_transformer(out / MODEL_DIR)  # cast to float32
+    for (name, a), (_, b) in zip(original.state_dict().items(), shipped.state_dict().items()):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
+    export_base(toy_base, out, "def456")  # an earlier export is replaced
+    assert json.loads((out / BASE_FILE).read_text())["fingerprint"] == "def456"
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "sentinel.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="is not an earlier toy-base export"):
+        export_base(toy_base, foreign, "abc123")
+    assert [p.name for p in foreign.iterdir()] == ["sentinel.txt"] and (foreign / "sentinel.txt").read_text() == "keep me"

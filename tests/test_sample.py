@@ -123,3 +123,16 @@ def test_periodic_samples_during_training_use_relation_and_ffn_only(tiny_dir: Pa
     quiet = T.train(make_clips(text), text.empty, vae_config, cfg.model_copy(update={"sample_every": 0}),
                     tmp_path / "quiet", cpu_base(tiny_dir))
     assert result.loss_rec == quiet.loss_rec
+
+
+def test_a_second_lora_is_checked_against_layers_the_first_one_wraps(tiny_dir: Path, lora_file: Path, tmp_path: Path) -> None:
+    """Evaluation loads one method's LoRA after another's (issue 22: DreamRelation, then direct LoRA):
+    layers peft wrapped for the first still count as the linear layers they wrap."""
+    model = load_transformer(tiny_dir)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
+    direct = lora.export_inference_lora(model, tmp_path / "direct.safetensors")
+    pipe = load_inference_pipeline(tiny_dir, lora_file)  # relation LoRA on Q, K of both streams
+    assert "add_k_proj" in {name.split(".")[-2] for name, _ in pipe.transformer.named_modules() if name.endswith("base_layer")}
+    check_lora_file(direct, pipe.transformer)  # Q, K, V, out: refused before the fix
+    pipe.load_lora_weights(str(direct), adapter_name="direct")
+    assert "direct" in pipe.transformer.peft_config

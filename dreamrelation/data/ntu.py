@@ -14,6 +14,10 @@ VIDEO_SUFFIXES = ("_rgb.avi", "_rgb.mp4", ".mp4", ".avi")
 SKELETON_SUFFIX = ".skeleton"
 
 
+class DatasetFolderError(ValueError):
+    """A dataset root a generator must not write into; the message says why and what to do."""
+
+
 class ClipNameError(ValueError):
     """A file or clip name that is not an NTU `SsssCcccPpppRrrrAaaa` name."""
 

@@ -37,6 +37,15 @@ MAX_BODIES = 4
 COLOR_X, COLOR_Y, JOINT_TRACKING = 5, 6, 11
 NOT_TRACKED, INFERRED, TRACKED = 0, 1, 2
 
+# Kinect v2: joints with no orientation, joints that may be "inferred", depth-camera intrinsics
+# (512x424, f ~365), colour focal length (~1081 px at 1920 px) and the size of real body ids.
+HEAD = 3
+LEAF_JOINTS = [HEAD, 15, 19, 21, 22, 23, 24]
+DISTAL_JOINTS = [6, 7, 10, 11, 14, 15, 18, 19, 21, 22, 23, 24]
+DEPTH_FOCAL, DEPTH_CX, DEPTH_CY = 365.5, 256.0, 212.0
+COLOR_FOCAL_PER_WIDTH = 1081.37 / 1920
+KINECT_ID_BASE = 72057594037927936  # real NTU body ids look like 72057594037928860
+
 
 class SkeletonFormatError(ValueError):
     """A `.skeleton` file that does not follow the NTU format; names file and line."""
@@ -312,3 +321,24 @@ def write_skeleton(path: str | Path, frames: list[list[Body]]) -> None:
 
 def _num(value: float) -> str:
     return f"{value:.7g}"
+
+
+def kinect_body(
+    body_id: int, camera_xyz: np.ndarray, color_xy: np.ndarray, facing: int, lean_x: float, rng: np.random.Generator
+) -> Body:
+    """One body with NTU's columns from its 25 joints in camera metres (x right, y up) and colour pixels.
+
+    For the synthetic datasets: the depth-image pixels follow from the camera coordinates (Kinect
+    v2 depth intrinsics), the orientation is a yaw toward `facing` (+1 right, -1 left), and ~3 % of
+    the distal joints are marked "inferred", as Kinect does.
+    """
+    X, Y, Z = camera_xyz[:, 0], camera_xyz[:, 1], camera_xyz[:, 2]
+    depth = np.stack([DEPTH_CX + DEPTH_FOCAL * X / Z, DEPTH_CY - DEPTH_FOCAL * Y / Z], axis=1)
+    yaw = 0.35 * facing
+    orientation = np.tile([np.cos(yaw / 2), 0.0, np.sin(yaw / 2), 0.0], (NUM_JOINTS, 1))
+    orientation[LEAF_JOINTS] = 0.0
+    tracking = np.full(NUM_JOINTS, float(TRACKED))
+    tracking[[j for j in DISTAL_JOINTS if rng.random() < 0.03]] = INFERRED
+    joints = np.column_stack([X, Y, Z, depth, color_xy, orientation, tracking])
+    info = np.array([float(body_id), 0, 1, 1, 1, 1, 0, lean_x, 0.0, TRACKED], dtype=float)
+    return Body(body_id, info, joints)

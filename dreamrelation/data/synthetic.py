@@ -32,22 +32,27 @@ import os
 from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import cv2
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from dreamrelation.configbase import StrictConfig
-from dreamrelation.data.ntu import ClipName, normalize_relation_id
-from dreamrelation.data.skeleton import INFERRED, NUM_JOINTS, TRACKED, Body, write_skeleton
+from dreamrelation.data.ntu import ClipName, DatasetFolderError, normalize_relation_id
+from dreamrelation.data.skeleton import (
+    COLOR_FOCAL_PER_WIDTH, KINECT_ID_BASE, NUM_JOINTS, Body, kinect_body, write_skeleton,
+)
 from dreamrelation.data.video import write_video
+from dreamrelation.data.world import smoothstep
+from dreamrelation.data.world_ntu import WORLD_ACTIONS, render_world_ntu_clip
 
 GENERATOR_VERSION = 1
 RGB_DIR, SKELETON_DIR, MASK_DIR = "nturgb+d_rgb", "nturgb+d_skeletons", "masks"
 STAMP_NAME = "synthetic_dataset.json"
 
 Fault = Literal["missing_skeleton", "single_body", "short"]
+Style = Literal["puppet", "world"]
 
 # Motion family and variant of each of the 26 two-person actions (METHOD.md §8).
 RELATION_MOTIONS: dict[str, tuple[str, str]] = {
@@ -90,8 +95,6 @@ SPINE_SHOULDER = 20
 # Per side: shoulder, elbow, wrist, hand, hand tip, thumb, hip, knee, ankle, foot.
 _LEFT = dict(shoulder=4, elbow=5, wrist=6, hand=7, tip=21, thumb=22, hip=12, knee=13, ankle=14, foot=15)
 _RIGHT = dict(shoulder=8, elbow=9, wrist=10, hand=11, tip=23, thumb=24, hip=16, knee=17, ankle=18, foot=19)
-_LEAF_JOINTS = [HEAD, 15, 19, 21, 22, 23, 24]  # Kinect reports no orientation for these
-_DISTAL_JOINTS = [6, 7, 10, 11, 14, 15, 18, 19, 21, 22, 23, 24]  # may be "inferred"
 
 # Body proportions as fractions of the figure's height u (front view, metres / u).
 _HIP_Y = 0.53  # SpineBase above the floor
@@ -104,13 +107,19 @@ _UPPER_ARM, _FOREARM, _HAND, _TIP, _THUMB = 0.17, 0.15, 0.05, 0.04, 0.035
 _THIGH, _SHIN = 0.235, 0.235
 
 # Camera: Kinect v2 colour focal length is ~1081 px for 1920 px; depth is 512x424, f ~365.
-_COLOR_FOCAL_PER_WIDTH = 1081.37 / 1920
-_DEPTH_FOCAL, _DEPTH_CX, _DEPTH_CY = 365.5, 256.0, 212.0
-_KINECT_ID_BASE = 72057594037927936  # real NTU body ids look like 72057594037928860
 
 
 class SyntheticConfig(StrictConfig):
     """What to generate; the same config always gives the same dataset."""
+
+    added_later: ClassVar[dict[str, Any]] = {"style": "puppet"}
+
+    style: Style = Field(
+        default="puppet",
+        description="'puppet': 3-D stick-figure puppets of any NTU action (the plumbing demo). 'world': the toy "
+        f"world's people doing the world relation of {', '.join(WORLD_ACTIONS)} (the toy-base demo; "
+        "frames 6k+1, height and width multiples of 16).",
+    )
 
     relations: list[str] = Field(
         default=["A058", "A055", "A112", "A052", "A059", "A060"],
@@ -174,6 +183,14 @@ class SyntheticConfig(StrictConfig):
         for name, pool, low, high in checks:
             if not pool or any(not low <= v <= high for v in pool):
                 raise ValueError(f"{name} must be a non-empty list of numbers in {low}-{high}, got {pool}")
+        if self.style == "world":
+            unknown = [r for r in self.relations if r not in WORLD_ACTIONS]
+            if unknown:
+                raise ValueError(f"style 'world' has no clips of {', '.join(unknown)}; its actions are "
+                                 f"{', '.join(f'{a} ({r})' for a, r in WORLD_ACTIONS.items())}")
+            if (self.frames - 1) % 6 or self.height % 16 or self.width % 16 or self.width < self.height:
+                raise ValueError(f"style 'world' needs frames = 6k+1 and height, width multiples of 16 with "
+                                 f"width >= height; got {self.frames} frames at {self.height}x{self.width}")
         if self.short and self.short_frames >= self.frames:
             raise ValueError(f"short_frames ({self.short_frames}) must be less than frames ({self.frames})")
         return self
@@ -205,12 +222,6 @@ def motion_of(relation: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def _ramp(t: np.ndarray, start: float, end: float) -> np.ndarray:
-    """Smoothstep from 0 (t <= start) to 1 (t >= end)."""
-    p = np.clip((t - start) / max(end - start, 1e-9), 0.0, 1.0)
-    return p * p * (3 - 2 * p)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -256,7 +267,7 @@ class _Scene:
         near = rng.uniform(2.9, 3.4)
         self.z = np.array([near, near + rng.uniform(0.1, 0.3)])[rng.permutation(2)]
         self.cam_h = rng.uniform(0.9, 1.1)
-        self.focal = _COLOR_FOCAL_PER_WIDTH * min(width, height * 16 / 9)
+        self.focal = COLOR_FOCAL_PER_WIDTH * min(width, height * 16 / 9)
         self.cx, self.cy = width / 2, height / 2
         self.side = int(rng.choice([-1, 1]))
         # Roots stay this far from the centre so that outstretched arms stay in the frame.
@@ -311,7 +322,7 @@ class _Scene:
                   towards: bool = True, start: float = 0.0) -> None:
         """Figures at distance d0 move (both, `share` of it by A) to distance d1 during [start, end]."""
         centre = rng.uniform(-0.15, 0.15)
-        moved = (d0 - d1) * _ramp(self.t, start, end)
+        moved = (d0 - d1) * smoothstep(self.t, start, end)
         self.x[0] = centre - self.side * d0 / 2 + self.side * share * moved
         self.x[1] = centre + self.side * d0 / 2 - self.side * (1 - share) * moved
         self.facing = np.array([self.side, -self.side]) * (1 if towards else -1)
@@ -342,7 +353,7 @@ def _meet_hands(s: _Scene, rng: np.random.Generator, variant: str) -> None:
     s.walk_pair(rng, rng.uniform(1.8, 2.3), rng.uniform(0.95, 1.12), end=rng.uniform(0.28, 0.36),
                 share=rng.uniform(0.3, 0.7) if on_body is None else 0.9)
     start = rng.uniform(0.25, 0.32)
-    weight = _ramp(s.t, start, start + 0.16) * (1 - _ramp(s.t, 0.8, 0.95))
+    weight = smoothstep(s.t, start, start + 0.16) * (1 - smoothstep(s.t, 0.8, 0.95))
     wiggle = {"shake": 0.03, "rps": 0.05, "cheers": 0.02}.get(variant, 0.0)
 
     def meeting(k: int) -> np.ndarray:
@@ -364,7 +375,7 @@ def _embrace(s: _Scene, rng: np.random.Generator, variant: str) -> None:
     close = rng.uniform(0.42, 0.55) if mutual else rng.uniform(0.5, 0.62)
     s.walk_pair(rng, rng.uniform(1.5, 1.9), close, end=rng.uniform(0.38, 0.46),
                 share=rng.uniform(0.35, 0.65) if mutual else 0.85)
-    weight = _ramp(s.t, 0.3, 0.5) * (1 - _ramp(s.t, 0.88, 1.0) * (0.0 if mutual else 1.0))
+    weight = smoothstep(s.t, 0.3, 0.5) * (1 - smoothstep(s.t, 0.88, 1.0) * (0.0 if mutual else 1.0))
     if mutual:
         for i, j in ((0, 1), (1, 0)):
             s.command(i, "lead_arm", lambda k, i=i, j=j: s.away(j, k, "shoulder", i) - [0, 0.05], weight)
@@ -397,14 +408,14 @@ def _strike(s: _Scene, rng: np.random.Generator, variant: str) -> None:
     recoil *= rng.uniform(0.85, 1.2)
     hit = rng.uniform(0.38, 0.46)
     centre = rng.uniform(-0.15, 0.15) - s.side * recoil / 2
-    s.x[0] = centre - s.side * d0 / 2 + s.side * (d0 - contact) * _ramp(s.t, 0.1, hit)
-    s.x[1] = centre + s.side * d0 / 2 + s.side * recoil * _ramp(s.t, hit, hit + 0.25)
+    s.x[0] = centre - s.side * d0 / 2 + s.side * (d0 - contact) * smoothstep(s.t, 0.1, hit)
+    s.x[1] = centre + s.side * d0 / 2 + s.side * recoil * smoothstep(s.t, hit, hit + 0.25)
     s.facing = np.array([s.side, -s.side])
-    bump = _ramp(s.t, hit - 0.02, hit + 0.08) * (1 - 0.6 * _ramp(s.t, hit + 0.25, hit + 0.5))
+    bump = smoothstep(s.t, hit - 0.02, hit + 0.08) * (1 - 0.6 * smoothstep(s.t, hit + 0.25, hit + 0.5))
     s.lean[1] = -lean_back * bump
-    strike = _ramp(s.t, hit - 0.15, hit) * (1 - _ramp(s.t, hit + 0.15, hit + 0.35))
+    strike = smoothstep(s.t, hit - 0.15, hit) * (1 - smoothstep(s.t, hit + 0.15, hit + 0.35))
     # B shields: hands up in front of the chest after the contact.
-    guard = 0.7 * _ramp(s.t, hit, hit + 0.12) * (1 - _ramp(s.t, hit + 0.4, hit + 0.55))
+    guard = 0.7 * smoothstep(s.t, hit, hit + 0.12) * (1 - smoothstep(s.t, hit + 0.4, hit + 0.55))
     for limb, dy in (("lead_arm", 0.0), ("far_arm", -0.08)):
         s.command(1, limb, lambda k, dy=dy: s.torso(1, k)["head"] + [s.facing[1] * 0.2, -0.12 + dy], guard)
 
@@ -412,7 +423,7 @@ def _strike(s: _Scene, rng: np.random.Generator, variant: str) -> None:
         if variant == "kick":
             target = lambda k: s.near(1, k, "hip", 0) - [0, 0.12]  # noqa: E731
         else:  # lift the foot, then bring it down on B's foot
-            lift = 1 - _ramp(s.t, hit - 0.06, hit)
+            lift = 1 - smoothstep(s.t, hit - 0.06, hit)
             target = lambda k: np.array([s.near(1, k, "hip", 0)[0], 0.05 + 0.25 * lift[k]])  # noqa: E731
         s.command(0, "lead_leg", target, strike)
         s.lean[0] = -0.15 * strike
@@ -421,7 +432,7 @@ def _strike(s: _Scene, rng: np.random.Generator, variant: str) -> None:
     if variant == "punch":
         s.command(0, "lead_arm", lambda k: s.torso(1, k)["head"], strike)
     elif variant == "hit":  # raise overhead, then swing down onto B's shoulder
-        swing = _ramp(s.t, hit - 0.07, hit)
+        swing = smoothstep(s.t, hit - 0.07, hit)
         s.command(0, "lead_arm", lambda k: (1 - swing[k]) * (s.torso(0, k)["lead_shoulder"] + [0.1 * s.facing[0], 0.5])
                   + swing[k] * s.near(1, k, "shoulder", 0), strike)
     elif variant == "stab":
@@ -434,7 +445,7 @@ def _strike(s: _Scene, rng: np.random.Generator, variant: str) -> None:
 def _point(s: _Scene, rng: np.random.Generator, variant: str) -> None:
     d = rng.uniform(1.9, 2.4)
     s.walk_pair(rng, d, d - rng.uniform(0.0, 0.15), end=0.3, share=0.5)
-    weight = _ramp(s.t, rng.uniform(0.15, 0.25), 0.4) * (1 - _ramp(s.t, 0.82, 0.97))
+    weight = smoothstep(s.t, rng.uniform(0.15, 0.25), 0.4) * (1 - smoothstep(s.t, 0.82, 0.97))
     if variant == "photo":  # camera in front of the face; B poses with a raised hand
         for limb, dx in (("lead_arm", 0.08), ("far_arm", -0.02)):
             s.command(0, limb, lambda k, dx=dx: s.torso(0, k)["head"] + [s.facing[0] * dx, -0.04], weight)
@@ -448,7 +459,7 @@ def _point(s: _Scene, rng: np.random.Generator, variant: str) -> None:
     s.command(0, "lead_arm", aim, weight)
     if variant == "shoot":
         s.command(0, "far_arm", lambda k: aim(k, "chest"), weight)
-        hands_up = _ramp(s.t, 0.45, 0.6) * (1 - _ramp(s.t, 0.85, 1.0))
+        hands_up = smoothstep(s.t, 0.45, 0.6) * (1 - smoothstep(s.t, 0.85, 1.0))
         for limb in ("lead_arm", "far_arm"):
             s.command(1, limb, lambda k, limb=limb: s.torso(1, k)[limb.replace("arm", "shoulder")]
                       + [s.facing[1] * (0.12 if limb == "lead_arm" else -0.12), 0.45], hands_up)
@@ -580,16 +591,8 @@ def _body(
     """Skeleton body (NTU values) of figure i at frame k from world joints, and its colour pixels (25, 2)."""
     X, Y, Z = world[:, 0], world[:, 1] - s.cam_h, np.full(NUM_JOINTS, s.z[i])
     color = np.stack([s.cx + s.focal * X / Z, s.cy - s.focal * Y / Z], axis=1)
-    depth = np.stack([_DEPTH_CX + _DEPTH_FOCAL * X / Z, _DEPTH_CY - _DEPTH_FOCAL * Y / Z], axis=1)
-    yaw = 0.35 * s.facing[i]
-    orientation = np.tile([np.cos(yaw / 2), 0.0, np.sin(yaw / 2), 0.0], (NUM_JOINTS, 1))
-    orientation[_LEAF_JOINTS] = 0.0
-    tracking = np.full(NUM_JOINTS, float(TRACKED))
-    tracking[[j for j in _DISTAL_JOINTS if rng.random() < 0.03]] = INFERRED
-    joints = np.column_stack([X, Y, Z, depth, color, orientation, tracking])
     lean_x = float(np.clip(s.facing[i] * s.lean[i, k] * 2, -1, 1))
-    info = np.array([float(body_id), 0, 1, 1, 1, 1, 0, lean_x, 0.0, TRACKED], dtype=float)
-    return Body(body_id, info, joints), color
+    return kinect_body(body_id, np.column_stack([X, Y, Z]), color, int(s.facing[i]), lean_x, rng), color
 
 
 def clip_paths(root: str | Path, clip: ClipName, video_format: str = "avi") -> tuple[Path, Path, Path]:
@@ -600,34 +603,16 @@ def clip_paths(root: str | Path, clip: ClipName, video_format: str = "avi") -> t
             root / MASK_DIR / f"{name}_masks.npz")
 
 
-def generate_clip(
-    root: str | Path,
-    clip: ClipName,
-    *,
-    frames: int = 40,
-    fps: float = 30.0,
-    width: int = 320,
-    height: int = 180,
-    seed: int = 0,
-    bodies: int = 2,
-    masks: bool = True,
-    skeleton: bool = True,
-    video_format: Literal["avi", "mp4"] = "avi",
-) -> SyntheticClip:
-    """Render one clip of `clip.relation` and write its video, skeleton and masks.
-
-    `bodies` is how many bodies the skeleton tracks in most frames: 2, or 1 (the second
-    figure is lost after the first quarter of the clip; the video still shows both).
-    `skeleton=False` omits the .skeleton file. Output depends only on the arguments.
-    """
-    if bodies not in (1, 2):
-        raise ValueError(f"bodies must be 1 or 2, got {bodies}")
+def _render_puppets(
+    clip: ClipName, frames: int, fps: float, width: int, height: int, seed: int, bodies: int
+) -> tuple[np.ndarray, np.ndarray, list[list[Body]], np.ndarray]:
+    """(video, masks, skeleton frames, body ids) of one clip of 3-D puppets (style 'puppet')."""
     rng = np.random.default_rng([seed, clip.setup, clip.camera, clip.performer, clip.replication, clip.action])
     family, variant = motion_of(clip.relation)
     scene = _Scene(rng, frames, width, height)
     _FAMILIES[family](scene, rng, variant)
 
-    ids = _KINECT_ID_BASE + rng.choice(100000, size=2, replace=False)
+    ids = KINECT_ID_BASE + rng.choice(100000, size=2, replace=False)
     colors = np.array([[205, 55, 45], [45, 90, 210]]) + rng.integers(-20, 21, (2, 3))
     horizon = scene.cy + scene.focal * scene.cam_h / 6.0
     background = _background(rng, height, width, horizon)
@@ -656,6 +641,41 @@ def generate_clip(
         for i in (0, 1):
             image[all_masks[k, i]] = colors[i]
         video[k] = image
+    return video, all_masks, skeleton_frames, ids
+
+
+def generate_clip(
+    root: str | Path,
+    clip: ClipName,
+    *,
+    frames: int = 40,
+    fps: float = 30.0,
+    width: int = 320,
+    height: int = 180,
+    seed: int = 0,
+    bodies: int = 2,
+    masks: bool = True,
+    skeleton: bool = True,
+    video_format: Literal["avi", "mp4"] = "avi",
+    style: Style = "puppet",
+) -> SyntheticClip:
+    """Render one clip of `clip.relation` and write its video, skeleton and masks.
+
+    `style` 'puppet' draws the 3-D puppets of this module; 'world' the toy world's stick-figure
+    people (`data/world_ntu.py`).
+
+    `bodies` is how many bodies the skeleton tracks in most frames: 2, or 1 (the second
+    figure is lost after the first quarter of the clip; the video still shows both).
+    `skeleton=False` omits the .skeleton file. Output depends only on the arguments.
+    """
+    if bodies not in (1, 2):
+        raise ValueError(f"bodies must be 1 or 2, got {bodies}")
+    if style == "world":
+        video, all_masks, skeleton_frames, ids = render_world_ntu_clip(
+            clip, frames=frames, width=width, height=height, seed=seed, bodies=bodies
+        )
+    else:
+        video, all_masks, skeleton_frames, ids = _render_puppets(clip, frames, fps, width, height, seed, bodies)
 
     video_path, skeleton_path, mask_path = clip_paths(root, clip, video_format)
     write_video(video_path, video, fps)
@@ -716,10 +736,6 @@ def _read_stamp(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return stamp if isinstance(stamp, dict) and stamp.get("generator") is not None else None
-
-
-class DatasetFolderError(ValueError):
-    """A dataset root the synthetic generator must not write into; the message says why and what to do."""
 
 
 def _write_stamp(path: Path, stamp: dict) -> None:
@@ -789,7 +805,7 @@ def generate_dataset(root: str | Path, config: SyntheticConfig | None = None, cr
         written = generate_clip(
             root, clip.name, frames=clip.frames, fps=config.fps, width=config.width, height=config.height,
             seed=config.seed, bodies=1 if clip.fault == "single_body" else 2, masks=config.masks,
-            skeleton=clip.fault != "missing_skeleton", video_format=config.video_format,
+            skeleton=clip.fault != "missing_skeleton", video_format=config.video_format, style=config.style,
         )
         assert replace(written, fault=clip.fault) == clip
     _write_stamp(stamp_path, {**wanted, "clips": [[str(c.name), c.fault] for c in clips], "files": files})

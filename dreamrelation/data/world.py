@@ -45,8 +45,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from dreamrelation.configbase import StrictConfig
-from dreamrelation.data.synthetic import DatasetFolderError
-from dreamrelation.data.synthetic import _ramp as smoothstep
+from dreamrelation.data.ntu import DatasetFolderError
 from dreamrelation.data.video import FrameCount, FrameSide, write_video
 
 WORLD_VERSION = 1
@@ -59,6 +58,12 @@ LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
 DARK_LUMA, LIGHT_LUMA = 60.0, 200.0
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _MARGIN = 1.0  # pixels kept free between a subject's box and the frame border
+
+
+def smoothstep(t: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Smoothstep from 0 (t <= start) to 1 (t >= end): the ease of every world and synthetic motion."""
+    p = np.clip((t - start) / max(end - start, 1e-9), 0.0, 1.0)
+    return p * p * (3 - 2 * p)
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -254,6 +259,9 @@ class WorldClip:
     masks: np.ndarray  # (T, 2, H, W) bool, modal
     trajectories: np.ndarray  # (T, 2, 2) float32, (x, y) pixel centres
     caption: str
+    sizes: np.ndarray  # (2,) glyph size in pixels
+    facing: np.ndarray  # (T, 2) int, +1 facing right, -1 left
+    swing: np.ndarray  # (T, 2) float, leg swing -1..1 (0 without gait)
 
     @property
     def attributes(self) -> list[dict]:
@@ -493,6 +501,29 @@ def _fixed(points: np.ndarray) -> np.ndarray:
 _GLYPH_OFFSET = {"person": np.array([0.0, -0.025]), "dog": np.array([0.033, -0.033])}
 
 
+PERSON_HEAD_RADIUS = 0.14  # glyph units
+
+
+def person_joints(swing: float) -> dict[str, tuple[float, float]]:
+    """The stick-figure person's joints in glyph units: x toward its facing, y down, rest centre at 0.
+
+    The figure is drawn from these points (`_draw_glyph`), so a skeleton made from them lies on
+    its pixels (`data/world_ntu.py`). The arms hang from `shoulders`; `left` is the side behind
+    the figure's facing. `swing` (-1..1) moves the legs and, a little, the arms.
+    """
+    joints = {"head": (0.0, -0.46), "neck": (0.0, -0.32), "shoulders": (0.0, -0.24), "pelvis": (0.0, 0.14)}
+    for name, side in (("left", -1), ("right", 1)):
+        joints[f"{name}_hand"] = (side * 0.3, -0.02 - 0.06 * side * swing)
+        joints[f"{name}_foot"] = (side * 0.2 + 0.12 * side * swing, 0.6)
+    return joints
+
+
+def glyph_to_pixels(kind: str, points: np.ndarray, centre: np.ndarray, size: float, facing: int) -> np.ndarray:
+    """(N, 2) glyph-unit points of a `kind` glyph drawn at `centre` with `size` and `facing` -> (x, y) pixels."""
+    p = (np.asarray(points, float) + _GLYPH_OFFSET.get(kind, 0.0)) * float(size)
+    return centre + p * np.array([facing, 1.0])
+
+
 def _draw_glyph(
     canvas: np.ndarray, kind: str, centre: np.ndarray, size: float, facing: int, swing: float
 ) -> None:
@@ -501,8 +532,7 @@ def _draw_glyph(
     width = max(2, int(0.14 * size + 0.5))
 
     def at(points: Sequence[Sequence[float]]) -> np.ndarray:
-        p = (np.asarray(points, float) + _GLYPH_OFFSET.get(kind, 0.0)) * size
-        return _fixed(centre + p * np.array([facing, 1.0]))
+        return _fixed(glyph_to_pixels(kind, np.asarray(points, float), centre, size, facing))
 
     def line(a: Sequence[float], b: Sequence[float]) -> None:
         p, q = at([a, b])
@@ -523,11 +553,12 @@ def _draw_glyph(
         points = np.stack([radii * np.cos(angles), radii * np.sin(angles) + 0.0592], axis=1)
         cv2.fillPoly(canvas, [at(points)], 255, aa, _SHIFT)
     elif kind == "person":
-        disc((0, -0.46), 0.14)
-        line((0, -0.32), (0, 0.14))
-        for side in (-1, 1):
-            line((0, -0.24), (side * 0.3, -0.02 - 0.06 * side * swing))
-            line((0, 0.14), (side * 0.2 + 0.12 * side * swing, 0.6))
+        joint = person_joints(swing)
+        disc(joint["head"], PERSON_HEAD_RADIUS)
+        line(joint["neck"], joint["pelvis"])
+        for side in ("left", "right"):
+            line(joint["shoulders"], joint[f"{side}_hand"])
+            line(joint["pelvis"], joint[f"{side}_foot"])
     elif kind == "dog":
         centre_body = at([(-0.04, -0.03)])[0]
         axes = (round(0.36 * size * (1 << _SHIFT)), round(0.15 * size * (1 << _SHIFT)))
@@ -605,7 +636,8 @@ def render_clip(spec: ClipSpec, config: WorldConfig | None = None, drawn: Sequen
         masks[k, front[k]] = canvas[front[k]] >= 128
         masks[k, first] = (canvas[first] >= 128) & ~masks[k, front[k]]
         video[k] = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return WorldClip(spec, video, masks, centres, caption(spec, config))
+    return WorldClip(spec, video, masks, centres, caption(spec, config), np.asarray(layout.size, np.float32),
+                     np.stack(facing, axis=1), np.stack(swing, axis=1).astype(np.float32))
 
 
 # --------------------------------------------------------------------------- degradation

@@ -26,11 +26,12 @@ class EvaluationError(ValueError):
 #: Bump when the tiny metric-model builders change, so an old cached tiny model is not reused.
 TINY_EVAL_VERSION = 1
 
-MethodSource = Literal["relation_lora", "base", "lora_file"]
+MethodSource = Literal["relation_lora", "base", "lora_file", "trained"]
 RelationJudge = Literal["vlm", "toy"]
 #: What the toy-world judge scores per video (issue 13 §3): the relation, both subjects' kind and
-#: contrast, a 'person' look the prompt did not ask for. The study reports the same three.
-JUDGE_METRICS = ("relation_accuracy", "subject_fidelity", "appearance_leakage")
+#: contrast, a 'person' look the prompt did not ask for, and `joint`: the relation and both
+#: subjects as prompted in one video (issue 22; the toy analogue of the paper's VLM question).
+JUDGE_METRICS = ("relation_accuracy", "subject_fidelity", "appearance_leakage", "joint")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -42,17 +43,25 @@ def method_slug(name: str) -> str:
 class EvalMethod(StrictConfig):
     """One row of the results table (paper Table 1): which weights generate the videos."""
 
+    added_later: ClassVar[dict[str, Any]] = {"train": {}}
+
     name: str = Field(description="Row label in the report, e.g. 'DreamRelation', 'Mochi (base)', 'Direct LoRA'.")
     source: MethodSource = Field(
         default="relation_lora",
         description="'relation_lora': the inference LoRA this pipeline trained for the relation; "
         "'base': the base model without any LoRA; 'lora_file': another inference LoRA given by lora_path "
-        "(direct-LoRA baseline, ablation runs).",
+        "(direct-LoRA baseline, ablation runs); 'trained': a LoRA the pipeline trains for the relation "
+        "beside its own, with the `train` overrides.",
     )
     lora_path: str | None = Field(
         default=None,
         description="For 'lora_file': an inference LoRA (.safetensors) or a training run folder holding "
         "relation_lora.safetensors; '{relation}' is replaced by the relation id.",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="For 'trained': overrides of the pipeline's `train` settings, e.g. the direct-LoRA baseline "
+        "{lora: {mode: direct}, hmt: false, rcl: false}; the train_relation stage trains it, keyed like its own run.",
     )
 
     @model_validator(mode="after")
@@ -63,6 +72,8 @@ class EvalMethod(StrictConfig):
             raise ValueError(f"method {self.name!r}: source 'lora_file' needs lora_path")
         if self.source != "lora_file" and self.lora_path:
             raise ValueError(f"method {self.name!r}: lora_path is only used with source 'lora_file'")
+        if self.source != "trained" and self.train:
+            raise ValueError(f"method {self.name!r}: train overrides are only used with source 'trained'")
         return self
 
     @property
@@ -177,7 +188,7 @@ class EvalConfig(StrictConfig):
 # --------------------------------------------------------------------------- the toy-world study (issue 13 §4)
 
 STUDY_METHODS = ("dreamrelation", "direct_lora", "base", "no_hmt", "no_rcl")
-STUDY_METRICS = JUDGE_METRICS
+STUDY_METRICS = ("relation_accuracy", "subject_fidelity", "appearance_leakage")  # round one's columns
 
 
 def study_train_config() -> TrainConfig:

@@ -79,14 +79,24 @@ def plan_videos(methods: Sequence[EvalMethod], prompts: Sequence[str], seeds: Se
     }
 
 
-def resolve_lora(method: EvalMethod, relation: str, relation_lora: str | Path | None) -> Path | None:
-    """The inference LoRA file of a method (None for the base model); raises if it is missing."""
+def resolve_lora(
+    method: EvalMethod, relation: str, relation_lora: str | Path | None, trained_loras: dict[str, Path] | None = None
+) -> Path | None:
+    """The inference LoRA file of a method (None for the base model); raises if it is missing.
+
+    `trained_loras` maps the slug of each 'trained' method to the LoRA the pipeline trained for it.
+    """
     if method.source == "base":
         return None
     if method.source == "relation_lora":
         if relation_lora is None:
             raise EvaluationError(f"method {method.name!r} needs the relation LoRA, but none was given")
         path = Path(relation_lora)
+    elif method.source == "trained":
+        if method.slug not in (trained_loras or {}):
+            raise EvaluationError(f"method {method.name!r} needs the LoRA the train_relation stage trains for it: "
+                                  "run train_relation (with these evaluate.methods) first")
+        path = Path((trained_loras or {})[method.slug])
     else:
         path = Path(str(method.lora_path).replace("{relation}", relation))
         if path.is_dir():

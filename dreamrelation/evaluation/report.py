@@ -38,6 +38,7 @@ COLUMN_HEADERS = {
     "relation_accuracy": "Relation Accuracy ↑",
     "subject_fidelity": "Subject Fidelity ↑",
     "appearance_leakage": "Appearance Leakage ↓",
+    "joint": "Joint ↑",
     "clip_t": "CLIP-T ↑",
     "temporal_consistency": "Temporal Consistency ↑",
     "fvd": "FVD ↓",
@@ -46,6 +47,7 @@ METRIC_LABELS = {
     "relation_accuracy": "Relation accuracy",
     "subject_fidelity": "Subject fidelity",
     "appearance_leakage": "Appearance leakage",
+    "joint": "Joint (relation and both subjects)",
     "clip_t": "CLIP-T",
     "temporal_consistency": "Temporal consistency",
     "fvd": "FVD",
@@ -193,9 +195,14 @@ def relation_report(results: Mapping[str, Any], heading: str = "#") -> str:
     vlm = config.get("vlm")
     if config.get("relation_judge") == "toy":
         lines.append(
-            "Relation accuracy, subject fidelity and appearance leakage: the toy-world judge (perception/judge.py) "
-            "on every video, against the relation and subjects of its prompt; relation accuracy as mean ± std "
-            "over videos."
+            "Relation accuracy, subject fidelity, appearance leakage and joint (relation and both subjects right in "
+            "one video): the toy-world judge (perception/judge.py) on every video, against the relation and "
+            "subjects of its prompt; relation accuracy as mean ± std over videos."
+        )
+        lines.append(
+            "These numbers measure a toy world (tiny models trained on a 2-core CPU, docs/toy_world.md): they "
+            "show whether a method learns a relation there and how it compares with the others on the same "
+            "videos, not how it does on Mochi-1."
         )
     elif vlm:
         where = vlm.get("model") if vlm["backend"] == "openai" else vlm.get("model_dir")

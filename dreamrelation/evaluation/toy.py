@@ -77,7 +77,7 @@ def judge_prompt(frames: np.ndarray, prompt: str, params: JudgeParams | None = N
 def video_rates(video: JudgedVideo) -> dict[str, float]:
     """One judged video as 0/1 values of `JUDGE_METRICS` (what `summarize` averages)."""
     values = {"relation_accuracy": video.relation_ok, "subject_fidelity": video.fidelity,
-              "appearance_leakage": video.leakage}
+              "appearance_leakage": video.leakage, "joint": video.relation_ok and video.fidelity}
     return {metric: float(values[metric]) for metric in JUDGE_METRICS}
 
 

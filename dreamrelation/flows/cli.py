@@ -238,7 +238,7 @@ def _guard(fn, *args, **kwargs):
 @app.command()
 def demo(
     relations: Annotated[
-        Optional[str], typer.Option(help="Comma-separated relation ids (default: the demo's, or every folder)")
+        Optional[str], typer.Option(help="Comma-separated relation ids (default: the generated dataset's relations, or every folder)")
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -264,8 +264,11 @@ def demo(
             raise typer.Exit(2) from None
     chosen = [r.strip() for r in relations.split(",") if r.strip()] if relations else None
     cfg = _config(config, set_, chosen)
-    if chosen is None:
-        chosen = DEMO_RELATIONS if cfg.select.source == "ntu" else list(relation_table(cfg))
+    if chosen is None:  # the generated dataset's relations, the demo's, or every folder
+        if cfg.synthetic is not None:
+            chosen = list(cfg.synthetic.relations)
+        else:
+            chosen = DEMO_RELATIONS if cfg.select.source == "ntu" else list(relation_table(cfg))
     results, report_uri = _guard(demo_flow, relations=chosen, config=cfg, force=force)
     _report([r for stage_results in results.values() for r in stage_results])
     _report_left_out([r for stage_results in results.values() for r in stage_results])
@@ -466,17 +469,33 @@ ToyConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAM
 
 
 @app.command()
-def pretrain(config: ToyConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False) -> None:
+def pretrain(
+    config: ToyConfigOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    export: Annotated[
+        Optional[Path],
+        typer.Option(help="Then copy the base as float16 to this folder (new, empty, or an earlier export, "
+                     "which is replaced): how toy-base/ in the repository is made"),
+    ] = None,
+) -> None:
     """Train the toy base model on the relational toy world (VAE, then DiT; ~50 min on 2 cores; resumable).
 
     Writes a Mochi-layout model folder usable as model.model_dir, and its gates (gates.json).
     """
     from dreamrelation.flows.toy import pretrain_base_flow  # deferred: fast --help
+    from dreamrelation.stages.pretrain import ExportError, export_base  # deferred: heavy (torch)
 
     cfg = _toy_config(config, set_)
     result = _guard(pretrain_base_flow, config=cfg, force=force)
     _report([result])
     typer.echo(f"\nmodel folder: {result.uri}/model\ngates: {result.uri}/gates.json")
+    if export is not None:
+        try:
+            out = export_base(result.uri, export, result.fingerprint)
+        except (ExportError, OSError) as exc:
+            _fail(str(exc))
+        typer.echo(f"exported (float16): {out}")
 
 
 @app.command()

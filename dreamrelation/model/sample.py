@@ -64,8 +64,12 @@ def read_lora_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def check_lora_file(path: str | Path, transformer: nn.Module) -> None:
-    """Raise `LoraFileError` unless every LoRA matrix in `path` fits a linear layer of `transformer`."""
-    layers = {name: m for name, m in transformer.named_modules() if isinstance(m, nn.Linear)}
+    """Raise `LoraFileError` unless every LoRA matrix in `path` fits a linear layer of `transformer`.
+
+    A layer that already carries another LoRA (peft wraps it, keeping it as `<name>.base_layer`)
+    counts as the layer it wraps: the evaluation loads one method's LoRA after another's.
+    """
+    layers = {name.removesuffix(".base_layer"): m for name, m in transformer.named_modules() if isinstance(m, nn.Linear)}
     for key, shape in read_lora_shapes(path).items():
         match = _LORA_KEY.match(key)
         if match is None:

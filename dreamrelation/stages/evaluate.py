@@ -42,18 +42,19 @@ def evaluate_relation(
     out_dir: str | Path,
     relation_name: str | None = None,
     progress: Progress | None = None,
+    trained_loras: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Generate (resumably) and score every method for `relation`; write results.json and report.md.
 
     `relation_lora` is the inference LoRA trained for the relation (needed by methods with
-    source 'relation_lora'); `relation_name` fills the VLM question's {relation} (default: the
+    source 'relation_lora'), `trained_loras` those of the 'trained' methods by slug; `relation_name` fills the VLM question's {relation} (default: the
     id). `progress(done, total)` is called after every generated video.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     relation_name = relation_name or relation
     prompts = eval_prompts(relation, config)
-    loras = {method.slug: resolve_lora(method, relation, relation_lora) for method in config.methods}
+    loras = {method.slug: resolve_lora(method, relation, relation_lora, trained_loras) for method in config.methods}
     ensure_tiny_eval_models(config)
     check_metric_inputs(config, prompts)
     jobs = plan_videos(config.methods, prompts, config.seeds)

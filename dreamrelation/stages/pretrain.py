@@ -47,6 +47,8 @@ from dreamrelation.model.pretrain import (
 log = logging.getLogger("dreamrelation.pretrain")
 
 MODEL_DIR, WORK_DIR, GATES_FILE, PHASES_FILE = "model", "work", "gates.json", "phases.json"
+#: What identifies an exported base (`export_base`): its fingerprint and how it was made.
+BASE_FILE = "base.json"
 #: The reusable phases and the work file each leaves.
 PHASE_FILES = {"vae": "vae.pt", "dit_data": "dit_data.pt"}
 #: issue 13 §2: the gates the base must pass, (metric, threshold).
@@ -165,3 +167,43 @@ def gates_table(result: dict[str, Any]) -> str:
     rows = [f"| {name} | {format_sig(g['value'])} | >= {g['threshold']:g} | {'pass' if g['passed'] else 'FAIL'} |"
             for name, g in result["gates"].items()]
     return "\n".join(["| gate | measured | target | |", "|---|---|---|---|", *rows])
+
+
+class ExportError(ValueError):
+    """A folder `export_base` must not replace; the message says why."""
+
+
+def export_base(folder: str | Path, out: str | Path, base_fingerprint: str) -> Path:
+    """Copy a finished toy base for the repository (issue 22 §1): float16 safetensors, a few MB.
+
+    `out` gets `model/` (the diffusers layout; the loaders cast the float16 weights to the run's
+    dtype), `gates.json` (the gates and what they measured, without the per-step losses) and
+    `base.json` (the fingerprint `dreamrelation pretrain` gives this config: a test compares it
+    with today's default, so a changed world or base config says "export again"). `out` must be
+    new, empty or an earlier export, which is replaced as a whole; it is written beside `out`
+    first, so a failed export leaves the earlier one in place.
+    """
+    folder, out = Path(folder), Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BASE_FILE).is_file())):
+        raise ExportError(f"{out} exists and is not an earlier toy-base export (no {BASE_FILE}); "
+                          "export into a new or empty folder")
+    if not (folder / GATES_FILE).is_file():
+        raise ExportError(f"{folder} is not a finished toy base (no {GATES_FILE})")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    load_pipeline(folder / MODEL_DIR, dtype=torch.float16).save_pretrained(tmp / MODEL_DIR, safe_serialization=True)
+    result = json.loads((folder / GATES_FILE).read_text())
+    kept = {name: result[name] for name in ("seen_relations", "held_out_relations", "measured", "gates")}
+    (tmp / GATES_FILE).write_text(json.dumps(kept, indent=1) + "\n")
+    meta = {"fingerprint": base_fingerprint, "dtype": "float16",
+            "made_by": "dreamrelation pretrain --export DIR (default ToyConfig)"}
+    (tmp / BASE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -25,7 +26,7 @@ from dreamrelation.evaluation.report import (
     write_combined_report,
 )
 from dreamrelation.model.train import LORA_FILE
-from dreamrelation.plan import plan_relation
+from dreamrelation.plan import plan_relation, trained_key
 from dreamrelation.stages.evaluate import evaluate_relation
 from dreamrelation.tasks.common import StageResult, run_label, run_stage
 from dreamrelation.tasks.summary import metrics_markdown
@@ -150,12 +151,11 @@ def evaluate_task(relation: str, config: PipelineConfig, force: bool = False) ->
     store = ArtifactStore(config.root)
     plan = plan_relation(relation, config)
     train_uri = store.require(plan["train_relation"].key)
+    trained_uris = {m.slug: store.require(plan[trained_key(m.slug)].key) for m in config.trained_methods}
     info = get_relation(relation, relation_table(config))
 
     def build(location: str, summary: dict[str, Any]) -> None:
-        lora = fetch_local(f"{train_uri}/{LORA_FILE}")
-        if not lora.is_file():
-            raise FileNotFoundError(f"the train_relation run {train_uri} has no {LORA_FILE}")
+        lora, trained = run_lora(train_uri), {slug: run_lora(uri) for slug, uri in trained_uris.items()}
         results = evaluate_relation(
             relation,
             config.evaluate,
@@ -164,6 +164,7 @@ def evaluate_task(relation: str, config: PipelineConfig, force: bool = False) ->
             location,
             relation_name=info.name,
             progress=_VideoProgress(relation),
+            trained_loras=trained,
         )
         summary.update(
             videos_generated=results["generation"]["generated"],
@@ -174,6 +175,14 @@ def evaluate_task(relation: str, config: PipelineConfig, force: bool = False) ->
     result = run_stage(store, plan["evaluate"], build, force, resumable=True)
     publish_evaluation(relation, result.uri)
     return result
+
+
+def run_lora(train_uri: str) -> Path:
+    """The inference LoRA of a train_relation run, as a local file."""
+    lora = fetch_local(f"{train_uri}/{LORA_FILE}")
+    if not lora.is_file():
+        raise FileNotFoundError(f"the train_relation run {train_uri} has no {LORA_FILE}")
+    return lora
 
 
 @task(name="evaluation-report", cache_policy=NO_CACHE)

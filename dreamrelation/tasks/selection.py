@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dreamrelation.config import DEMO_DATASET, PipelineConfig, relation_table
+from dreamrelation.config import GENERATED_DATASETS, PipelineConfig, relation_table
 from dreamrelation.data.captions import MANIFEST_NAME, caption_manifest, load_clip_captions, write_sidecars
 from dreamrelation.data.manifest import read_manifest
 from dreamrelation.data.relations import get_relation
@@ -31,7 +31,8 @@ def generate_synthetic_task(config: PipelineConfig) -> str:
     if config.synthetic is None:
         return config.select.dataset_root
     root = config.select.dataset_root
-    clips = generate_dataset(root, config.synthetic, create=Path(root).resolve() == Path(DEMO_DATASET).resolve())
+    create = Path(root).resolve() in {Path(default).resolve() for default in GENERATED_DATASETS}
+    clips = generate_dataset(root, config.synthetic, create=create)
     get_run_logger().info("synthetic NTU-format dataset: %d clips at %s", len(clips), config.select.dataset_root)
     return config.select.dataset_root
 

@@ -28,7 +28,7 @@ from dreamrelation.tasks.runs import run_name
 from dreamrelation.tasks.ui import artifact_key, cell, in_prefect_run
 
 #: Better-is direction of each metric, shown in the column header.
-ARROWS = {"relation_accuracy": "↑", "subject_fidelity": "↑", "appearance_leakage": "↓", "clip_t": "↑",
+ARROWS = {"relation_accuracy": "↑", "subject_fidelity": "↑", "appearance_leakage": "↓", "joint": "↑", "clip_t": "↑",
           "temporal_consistency": "↑", "fvd": "↓"}
 
 

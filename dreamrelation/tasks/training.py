@@ -15,7 +15,8 @@ from dreamrelation.data.store import ArtifactStore
 from dreamrelation.data.video import read_video
 from dreamrelation.model.config import TrainConfig
 from dreamrelation.model.train import train
-from dreamrelation.plan import plan_relation
+from dreamrelation.evaluation.config import EvalMethod
+from dreamrelation.plan import plan_relation, trained_key
 from dreamrelation.stages.training import load_training_clips
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import Progress, artifact_key, publish_image
@@ -27,18 +28,25 @@ MAX_SAMPLE_IMAGES = 12
 
 
 @task(name="train-relation", cache_policy=NO_CACHE)
-def train_relation_task(relation: str, config: PipelineConfig, force: bool = False) -> StageResult:
-    """Train on the relation's latents + masks; a rerun resumes from the run's last checkpoint."""
+def train_relation_task(
+    relation: str, config: PipelineConfig, force: bool = False, method: EvalMethod | None = None
+) -> StageResult:
+    """Train on the relation's latents + masks; a rerun resumes from the run's last checkpoint.
+
+    With `method` (an evaluation method of source 'trained'), train that baseline's LoRA instead.
+    """
     store = ArtifactStore(config.root)
     plan = plan_relation(relation, config)
     latents_uri = store.require(plan["encode_latents"].key)
     masks_uri = store.require(plan["make_masks"].key)
-    artifact = plan["train_relation"]
+    artifact = plan["train_relation"] if method is None else plan[trained_key(method.slug)]
+    train_cfg = config.train if method is None else config.method_train(method)
+    label = (relation,) if method is None else (relation, method.slug)
 
     def build(run_dir: str, summary: dict[str, Any]) -> None:
-        data = load_training_clips(latents_uri, masks_uri, config.train.min_clips)
-        samples = SamplePublisher(relation, Path(run_dir) / SAMPLES_DIR, config.train)
-        with Progress(artifact_key(relation, "train-steps"), config.train.steps, "training steps") as bar:
+        data = load_training_clips(latents_uri, masks_uri, train_cfg.min_clips)
+        samples = SamplePublisher(" ".join(label), Path(run_dir) / SAMPLES_DIR, train_cfg)
+        with Progress(artifact_key(*label, "train-steps"), train_cfg.steps, "training steps") as bar:
 
             def on_step(record: dict[str, Any]) -> None:
                 bar.update(record["step"], note=loss_note(record))
@@ -48,7 +56,7 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
                 data.clips,
                 data.empty_text,
                 data.vae_norm,
-                config.train,
+                train_cfg,
                 run_dir,
                 config.model,
                 on_step=on_step,
@@ -57,9 +65,9 @@ def train_relation_task(relation: str, config: PipelineConfig, force: bool = Fal
             )
         samples.poll()
         create_table_artifact(
-            key=artifact_key(relation, "lora-parameters"),
+            key=artifact_key(*label, "lora-parameters"),
             table=result.parameter_table,
-            description=f"Trainable parameters per adapter ({relation})",
+            description=f"Trainable parameters per adapter ({' '.join(label)})",
         )
         summary.update(
             clips=len(data.clips),
