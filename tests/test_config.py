@@ -29,7 +29,7 @@ def test_mochi_preset_starts_from_the_paper_settings():
 
 
 def test_bad_configs_are_named(tmp_path):
-    with pytest.raises(ConfigError, match="config 'nope' not found: give a YAML file or a preset \\(demo, mochi-1, own-folder\\)"):
+    with pytest.raises(ConfigError, match="config 'nope' not found: give a YAML file or a preset \\(demo, mochi-1, own-folder, world-demo\\)"):
         load_config("nope")
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config(None, ["train.steps"])

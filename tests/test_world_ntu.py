@@ -100,10 +100,10 @@ def test_the_puppet_style_keeps_its_keys() -> None:
 
 
 def test_the_world_demo_files_are_what_the_code_makes() -> None:
-    relations = yaml.safe_load((CONFIG_DIR / "world-demo-relations.yaml").read_text())
+    relations = yaml.safe_load((CONFIG_DIR / "world-demo/relations.yaml").read_text())
     assert relations == {action: {"caption": exemplar_caption(action)} for action in WORLD_ACTIONS}
     assert relations["A052"]["caption"] == "A dark person is pushing a light person."
-    prompts = yaml.safe_load((CONFIG_DIR / "world-demo-prompts.yaml").read_text())
+    prompts = yaml.safe_load((CONFIG_DIR / "world-demo/prompts.yaml").read_text())
     assert prompts == demo_prompts(list(WORLD_ACTIONS), 12, 22)
     for action, texts in prompts.items():
         for text in texts:
