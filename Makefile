@@ -17,7 +17,7 @@ $(BIN)/dreamrelation: pyproject.toml
 venv: $(BIN)/dreamrelation
 
 demo: venv
-	$(BIN)/dreamrelation demo
+	$(BIN)/dreamrelation demo -c world-demo
 
 study: venv
 	$(BIN)/dreamrelation study
@@ -30,4 +30,4 @@ bench: venv
 	$(BIN)/python bench/train_step.py
 
 clean-demo:
-	rm -rf .dreamrelation/demo
+	rm -rf .dreamrelation/demo .dreamrelation/world-demo

@@ -191,7 +191,10 @@ def export_base(folder: str | Path, out: str | Path, base_fingerprint: str) -> P
         raise ExportError(f"{folder} is not a finished toy base (no {GATES_FILE})")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    load_pipeline(folder / MODEL_DIR, dtype=torch.float16).save_pretrained(tmp / MODEL_DIR, safe_serialization=True)
+    pipe = load_pipeline(folder / MODEL_DIR)
+    for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        component.to(torch.float16)  # per model: a float16 *pipeline* on CPU makes diffusers warn
+    pipe.save_pretrained(tmp / MODEL_DIR, safe_serialization=True)
     result = json.loads((folder / GATES_FILE).read_text())
     kept = {name: result[name] for name in ("seen_relations", "held_out_relations", "measured", "gates")}
     (tmp / GATES_FILE).write_text(json.dumps(kept, indent=1) + "\n")
