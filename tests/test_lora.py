@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import MochiTransformer3DModel
+from diffusers import MochiTransformer3DModel, WanTransformer3DModel
 from safetensors import safe_open
 
 from dreamrelation.model import lora
@@ -47,6 +47,47 @@ def test_full_size_mochi_parameter_counts_of_table_3_rows_on_meta_device(relatio
     assert not lora_modules(model, "relation") & lora_modules(model, "subject1")  # never share a module
     assert lora_modules(model, "subject1") == lora_modules(model, "subject2")
     assert all(not n.startswith("time_embed") for n in lora.lora_parameters(model))
+
+
+# Wan2.1-T2V at rank 16 (issue 23 §2): attention is not joint, so one 3-D linear layer per
+# projection and block, r * (width + width): 1.3B 30 blocks x 1536 wide, 14B 40 blocks x 5120.
+WAN_SIZES = {"1.3B": dict(num_attention_heads=12, num_layers=30, ffn_dim=8960), "14B": {}}  # 14B: the defaults
+WAN_PER_LINEAR = {"1.3B": 16 * (1536 + 1536), "14B": 16 * (5120 + 5120)}  # 49,152 and 163,840
+
+
+@pytest.mark.parametrize("size, blocks", [("1.3B", 30), ("14B", 40)])
+def test_full_size_wan_parameter_counts_on_meta_device(size: str, blocks: int) -> None:
+    """The figures of docs/performance.md's Wan table, printed, and where each adapter sits."""
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**WAN_SIZES[size])
+    lora.add_relation_loras(model, LoraTripletConfig())
+    rows = {row["adapter"]: row for row in lora.trainable_parameter_table(model)}
+    print(f"Wan2.1-T2V-{size}, rank 16: " + ", ".join(f"{a} {rows[a]['params']:,}" for a in lora.ADAPTERS))
+    per = WAN_PER_LINEAR[size]
+    assert rows["relation"]["params"] == 2 * blocks * per  # 2,949,120 / 13,107,200
+    assert rows["subject1"]["params"] == rows["subject2"]["params"] == rows["ffn"]["params"] == blocks * per
+    assert lora_modules(model, "relation") == {f"blocks.{i}.attn1.{p}" for i in range(blocks) for p in ("to_q", "to_k")}
+    assert lora_modules(model, "subject1") == {f"blocks.{i}.attn1.to_v" for i in range(blocks)}
+    assert lora_modules(model, "ffn") == {f"blocks.{i}.attn1.to_out.0" for i in range(blocks)}
+
+
+def test_wan_cross_attention_switch_adds_attn2_query_and_mochi_refuses_it() -> None:
+    tiny = dict(num_attention_heads=2, attention_head_dim=8, num_layers=2, ffn_dim=32, text_dim=16, freq_dim=16)
+    model = WanTransformer3DModel(**tiny)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, relation_cross_attention=True))
+    assert lora_modules(model, "relation") == {
+        f"blocks.{i}.{m}" for i in range(2) for m in ("attn1.to_q", "attn1.to_k", "attn2.to_q")
+    }
+    assert not any(".attn2." in m for a in ("subject1", "subject2", "ffn") for m in lora_modules(model, a))
+    direct = WanTransformer3DModel(**tiny)
+    lora.add_relation_loras(direct, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
+    assert lora_modules(direct, "direct") == {
+        f"blocks.{i}.attn1.{p}" for i in range(2) for p in ("to_q", "to_k", "to_v", "to_out.0")
+    }
+    with pytest.raises(ValueError, match="relation_cross_attention needs a model with cross-attention; mochi"):
+        lora.adapter_targets(LoraTripletConfig(relation_cross_attention=True), lora.MOCHI_LAYOUT)
+    with pytest.raises(TypeError, match="Mochi or Wan transformer, not Linear"):
+        lora.add_relation_loras(torch.nn.Linear(2, 2), LoraTripletConfig())
 
 
 def test_adapters_sit_exactly_where_the_table_says(tiny_dir: Path) -> None:

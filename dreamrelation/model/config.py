@@ -90,6 +90,13 @@ class LoraTripletConfig(StrictConfig):
     use_ffn: bool = Field(
         default=True, description="Train the FFN LoRA on the attention output projections (ablation switch)."
     )
+    relation_cross_attention: bool = Field(
+        default=False,
+        description="Wan only: also put the relation LoRA on the cross-attention query (attn2.to_q), so "
+        "the relation adapter sees how video tokens read the text. Mochi's attention is joint and refuses it.",
+    )
+
+    added_later: ClassVar[dict[str, Any]] = {"relation_cross_attention": False}
 
     @model_validator(mode="after")
     def _something_to_train(self) -> LoraTripletConfig:

@@ -15,6 +15,11 @@ never share a module (METHOD.md §2; `LoraTripletConfig.subject_positions`).
 Targets are anchored regexes over full module names (peft `fullmatch`es a string
 `target_modules`), because a bare `to_q` would also hit `time_embed.pooler.to_q`.
 The `direct` baseline (METHOD.md §6) is one adapter named `direct` on Q, K, V and out.
+
+On Wan (METHOD.md §9; issue 23) attention is not joint: the same adapters sit on the
+self-attention `blocks.N.attn1` only (relation on `to_q`, `to_k`; subjects on `to_v`; FFN on
+`to_out.0`), and `LoraTripletConfig.relation_cross_attention` adds the cross-attention query
+`attn2.to_q` to the relation adapter. `attention_layout` picks the layout from the model class.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import MochiPipeline
+from diffusers import MochiPipeline, MochiTransformer3DModel, WanTransformer3DModel
 from peft import LoraConfig
 from torch import nn
 
@@ -49,46 +55,78 @@ GROUP_ADAPTERS = {
 #: Adapters kept for inference (METHOD.md §5): subject adapters are never exported.
 INFERENCE_ADAPTERS = ("relation", "ffn", DIRECT)
 
-# Per projection: (vision-stream module, text-stream module) inside `transformer_blocks.N.attn1`.
-_PROJECTIONS = {
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where a model family's attention projections live (METHOD.md §2 for Mochi, §9 for Wan)."""
+
+    family: str
+    block: str  # regex of one block's self-attention (or joint attention) module
+    projections: Mapping[str, tuple[str, ...]]  # q / k / v / out -> module names in `block`, one per stream
+    cross_query: str | None = None  # regex of the cross-attention query; None under joint attention
+
+
+#: Mochi's joint attention: per projection (vision-stream module, text-stream module).
+MOCHI_LAYOUT = AttentionLayout("mochi", r"transformer_blocks\.\d+\.attn1", {
     "q": ("to_q", "add_q_proj"),
     "k": ("to_k", "add_k_proj"),
     "v": ("to_v", "add_v_proj"),
     "out": (r"to_out\.0", "to_add_out"),
-}
+})
+#: Wan's self-attention over video tokens; the text enters through `attn2` (cross-attention).
+WAN_LAYOUT = AttentionLayout(
+    "wan", r"blocks\.\d+\.attn1",
+    {"q": ("to_q",), "k": ("to_k",), "v": ("to_v",), "out": (r"to_out\.0",)},
+    cross_query=r"blocks\.\d+\.attn2\.to_q",
+)
 _POSITIONS = {"V": ("v",), "Q": ("q",), "KV": ("k", "v"), "QK": ("q", "k")}
 _LORA_PARAM = re.compile(r"\.lora_[AB]\.([^.]+)\.weight$")
 
 
-def target_regex(projections: Sequence[str]) -> str:
+def attention_layout(transformer: nn.Module) -> AttentionLayout:
+    """The layout of a diffusers Mochi or Wan transformer (or a subclass)."""
+    if isinstance(transformer, WanTransformer3DModel):
+        return WAN_LAYOUT
+    if isinstance(transformer, MochiTransformer3DModel):
+        return MOCHI_LAYOUT
+    raise TypeError(f"relation LoRAs go on a Mochi or Wan transformer, not {type(transformer).__name__}")
+
+
+def target_regex(projections: Sequence[str], layout: AttentionLayout = MOCHI_LAYOUT) -> str:
     """Anchored regex of the attention modules for `projections` (subset of q, k, v, out)."""
-    names = [name for p in projections for name in _PROJECTIONS[p]]
-    return rf"transformer_blocks\.\d+\.attn1\.(?:{'|'.join(names)})"
+    names = [name for p in projections for name in layout.projections[p]]
+    return rf"{layout.block}\.(?:{'|'.join(names)})"
 
 
-def adapter_targets(cfg: LoraTripletConfig) -> dict[str, str]:
+def adapter_targets(cfg: LoraTripletConfig, layout: AttentionLayout = MOCHI_LAYOUT) -> dict[str, str]:
     """Adapter name -> target regex for the configured placement (METHOD.md §2, Table 3)."""
+    if cfg.relation_cross_attention and layout.cross_query is None:
+        raise ValueError(f"lora.relation_cross_attention needs a model with cross-attention; {layout.family}'s "
+                         "attention is joint (the text tokens already pass through the relation LoRA)")
     if cfg.mode == "direct":
-        return {DIRECT: target_regex(("q", "k", "v", "out"))}
+        return {DIRECT: target_regex(("q", "k", "v", "out"), layout)}
     targets: dict[str, str] = {}
     if cfg.use_relation:
-        targets["relation"] = target_regex(_POSITIONS[cfg.relation_positions])
+        targets["relation"] = target_regex(_POSITIONS[cfg.relation_positions], layout)
+        if cfg.relation_cross_attention:
+            targets["relation"] = f"(?:{targets['relation']}|{layout.cross_query})"
     if cfg.use_subject:
-        subject = target_regex(_POSITIONS[cfg.resolved_subject_positions()])
+        subject = target_regex(_POSITIONS[cfg.resolved_subject_positions()], layout)
         targets["subject1"] = subject
         targets["subject2"] = subject
     if cfg.use_ffn:
-        targets["ffn"] = target_regex(("out",))
+        targets["ffn"] = target_regex(("out",), layout)
     return targets
 
 
 def add_relation_loras(transformer: nn.Module, cfg: LoraTripletConfig) -> list[str]:
     """Add the configured adapters (B = 0, dropout 0, float32 weights), freeze the base model.
 
-    All added adapters are left active and trainable; returns their names.
+    The placement follows the transformer's family (`attention_layout`). All added adapters
+    are left active and trainable; returns their names.
     """
-    names = list(adapter_targets(cfg))
-    for name, regex in adapter_targets(cfg).items():
+    targets = adapter_targets(cfg, attention_layout(transformer))
+    names = list(targets)
+    for name, regex in targets.items():
         config = LoraConfig(
             r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, init_lora_weights=True, target_modules=regex
         )
