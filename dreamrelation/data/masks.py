@@ -344,16 +344,17 @@ def temporal_average(x: np.ndarray, factor: int = TEMPORAL_COMPRESSION) -> np.nd
     return np.concatenate([x[:1], rest], axis=0)
 
 
-def latent_masks(masks: np.ndarray) -> np.ndarray:
+def latent_masks(masks: np.ndarray, temporal_compression: int = TEMPORAL_COMPRESSION) -> np.ndarray:
     """Pixel masks (N, 2, H, W) bool in training geometry -> latent masks (f, 3, h, w) float32.
 
-    Channels are (S1, S2, R) with R the per-frame union; any-coverage, then causal averaging.
+    Channels are (S1, S2, R) with R the per-frame union; any-coverage, then causal averaging
+    over the VAE's T_c frames (METHOD.md §3: 6 on Mochi, 61 -> 11; 4 on Wan, 81 -> 21, §9).
     """
     if masks.ndim != 4 or masks.shape[1] != SUBJECTS:
         raise ValueError(f"expected (N, 2, H, W) masks, got {masks.shape}")
     cells = latent_grid(np.asarray(masks, dtype=bool))  # (N, 2, h, w)
     union = relation_mask(cells[:, 0], cells[:, 1])[:, None]  # any() commutes with max()
-    return temporal_average(np.concatenate([cells, union], axis=1))
+    return temporal_average(np.concatenate([cells, union], axis=1), temporal_compression)
 
 
 # -- storage -------------------------------------------------------------------------------------
