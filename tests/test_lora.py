@@ -79,6 +79,9 @@ def test_wan_cross_attention_switch_adds_attn2_query_and_mochi_refuses_it() -> N
         f"blocks.{i}.{m}" for i in range(2) for m in ("attn1.to_q", "attn1.to_k", "attn2.to_q")
     }
     assert not any(".attn2." in m for a in ("subject1", "subject2", "ffn") for m in lora_modules(model, a))
+    cross = LoraTripletConfig(relation_cross_attention=True)  # HMT's groups do not depend on the family
+    assert lora.select_lora_group("relation", cross) == ["relation", "subject1", "subject2", "ffn"]
+    assert lora.adapter_names(cross) == list(lora.adapter_targets(cross, lora.WAN_LAYOUT)) == list(lora.ADAPTERS)
     direct = WanTransformer3DModel(**tiny)
     lora.add_relation_loras(direct, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
     assert lora_modules(direct, "direct") == {

@@ -97,6 +97,14 @@ def target_regex(projections: Sequence[str], layout: AttentionLayout = MOCHI_LAY
     return rf"{layout.block}\.(?:{'|'.join(names)})"
 
 
+def adapter_names(cfg: LoraTripletConfig) -> list[str]:
+    """The adapters `cfg` configures, in any model family (METHOD.md §2; ablation switches)."""
+    if cfg.mode == "direct":
+        return [DIRECT]
+    switches = {"relation": cfg.use_relation, "subject1": cfg.use_subject, "subject2": cfg.use_subject, "ffn": cfg.use_ffn}
+    return [name for name in ADAPTERS if switches[name]]
+
+
 def adapter_targets(cfg: LoraTripletConfig, layout: AttentionLayout = MOCHI_LAYOUT) -> dict[str, str]:
     """Adapter name -> target regex for the configured placement (METHOD.md §2, Table 3)."""
     if cfg.relation_cross_attention and layout.cross_query is None:
@@ -157,7 +165,7 @@ def select_lora_group(group: str, cfg: LoraTripletConfig | None = None) -> list[
         raise ValueError(f"unknown LoRA group {group!r}; expected one of {(*GROUPS, DIRECT)}")
     adapters = list(GROUP_ADAPTERS[group])
     if cfg is not None:
-        present = adapter_targets(cfg)
+        present = adapter_names(cfg)
         adapters = [a for a in adapters if a in present]
     return adapters
 

@@ -377,8 +377,15 @@ def load_checkpoint(state: TrainState, checkpoint: str | Path, cfg: TrainConfig)
 def _same_training(saved: str, cfg: TrainConfig) -> bool:
     """Whether a checkpoint's TrainConfig (JSON) trains as `cfg` does; reporting fields such as
     `log_every` (`TrainConfig.not_in_key`) do not count."""
-    kept = {name: value for name, value in json.loads(saved).items() if name not in cfg.not_in_key}
-    return kept == cfg.key_dump()
+    try:
+        before = type(cfg).model_validate_json(saved)
+    except ValueError:  # a field since removed or renamed
+        return False
+
+    def training(config: TrainConfig) -> dict[str, Any]:
+        return {name: value for name, value in config.key_dump().items() if name not in cfg.not_in_key}
+
+    return training(before) == training(cfg)
 
 
 def train(
