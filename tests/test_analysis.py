@@ -1,4 +1,4 @@
-"""Q/K/V subspace similarity (METHOD.md §7) with constructed matrices and a tiny Mochi."""
+"""Q/K/V subspace similarity (METHOD.md §7) with constructed matrices, a tiny Mochi and a tiny Wan."""
 
 from __future__ import annotations
 
@@ -119,6 +119,34 @@ def test_tiny_mochi_constructed_blocks_folder_and_outputs(tmp_path: Path) -> Non
         assert image.format == "PNG" and image.size[0] > 6 * 40 and image.size[1] > 3 * 15
 
 
+def test_tiny_wan_self_and_cross_attention_from_a_folder_through_the_flow(tmp_path: Path) -> None:
+    """issue 23 §2: `analyze-qkv --model-dir` on a Wan folder: self- and cross-attention streams."""
+    from diffusers import WanTransformer3DModel
+
+    from dreamrelation.flows.analysis import qkv_analysis
+
+    model = WanTransformer3DModel(num_attention_heads=2, attention_head_dim=8, num_layers=2, ffn_dim=32,
+                                  text_dim=16, freq_dim=16)
+    with torch.no_grad():
+        q = torch.diag(torch.tensor([8.0, 7, 6, 5] + [0.1] * 12))
+        model.blocks[0].attn1.to_q.weight.copy_(q)
+        model.blocks[0].attn1.to_k.weight.copy_(3.0 * q)  # self-attention Q-K share their top-4 subspace
+        model.blocks[0].attn1.to_v.weight.copy_(torch.diag(torch.tensor([0.1] * 8 + [8.0, 7, 6, 5] + [0.1] * 4)))
+        model.blocks[1].attn2.to_v.weight.copy_(model.blocks[1].attn2.to_k.weight)  # cross-attention K = V
+    model.save_pretrained(tmp_path / "wan" / "transformer")
+    summary = qkv_analysis(model_dir=tmp_path / "wan", rank=4, out_dir=tmp_path / "out")
+    result = json.loads(Path(summary["json"]).read_text())
+    assert result["family"] == "wan" and result["num_blocks"] == 2
+    assert set(result["streams"]) == {"self", "cross"}
+    assert result["modules"]["cross"] == ["blocks.N.attn2.to_q", "blocks.N.attn2.to_k", "blocks.N.attn2.to_v"]
+    assert result["streams"]["self"]["q-k"][0] == pytest.approx(1.0, abs=1e-5)
+    assert result["streams"]["self"]["q-v"][0] == pytest.approx(0.0, abs=1e-6)
+    assert result["streams"]["cross"]["k-v"][1] == pytest.approx(1.0, abs=1e-5)
+    in_memory = analysis.qkv_subspace_similarity(model, rank=4)
+    assert in_memory["streams"]["cross"]["k-v"] == pytest.approx(result["streams"]["cross"]["k-v"], abs=1e-6)
+    assert Path(summary["png"]).is_file()
+
+
 def test_heatmap_marks_missing_values(tmp_path: Path) -> None:
     result = {
         "rank": 2,
@@ -139,5 +167,5 @@ def test_heatmap_marks_missing_values(tmp_path: Path) -> None:
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
         analysis.qkv_subspace_similarity(tmp_path)
-    with pytest.raises(ValueError, match="transformer_blocks"):
+    with pytest.raises(ValueError, match="neither transformer_blocks nor blocks"):
         analysis.qkv_subspace_similarity(torch.nn.Linear(2, 2))

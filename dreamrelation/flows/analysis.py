@@ -29,7 +29,7 @@ def qkv_analysis(
     device: str = "cpu",
     model: BaseModelConfig | None = None,
 ) -> dict[str, Any]:
-    """Analyze a Mochi transformer's Q/K/V weights; writes qkv_similarity.json and .png to `out_dir`.
+    """Analyze a Mochi or Wan transformer's Q/K/V weights; writes qkv_similarity.json and .png to `out_dir`.
 
     `model_dir` is a transformer folder or a pipeline folder with `transformer/`; without it
     the folder of `model` is used (default: the tiny demo model, built on first use).

@@ -347,7 +347,7 @@ def report(
 
 @app.command("analyze-qkv")
 def analyze_qkv(
-    model_dir: Annotated[Optional[str], typer.Option(help="Transformer or pipeline folder; default: the config's model")] = None,
+    model_dir: Annotated[Optional[str], typer.Option(help="Mochi or Wan transformer or pipeline folder; default: the config's model")] = None,
     rank: Annotated[int, typer.Option(help="Subspace rank r (top-r left singular vectors)")] = 16,
     out_dir: Annotated[str, typer.Option(help="Where qkv_similarity.json and .png go")] = ".dreamrelation/analysis/qkv",
     device: Annotated[str, typer.Option(help="Torch device for the SVDs")] = "cpu",

@@ -6,9 +6,12 @@ column spaces spanned by the top-r directions coincide, 0 when they are orthogon
 independent random r-dimensional subspaces of R^out give r / out on average, reported as
 `random_subspace_expectation` for context.
 
-Computed for every block of a `MochiTransformer3DModel`, for Q-K, Q-V and K-V of the vision
-stream (`attn1.to_q/to_k/to_v`) and of the text stream (`attn1.add_q_proj/add_k_proj/
-add_v_proj`). The weights come from an in-memory model or from a folder of safetensors files,
+Computed for every block, for Q-K, Q-V and K-V of two attentions per block: on a
+`MochiTransformer3DModel` the joint attention's vision stream (`attn1.to_q/to_k/to_v`) and text
+stream (`attn1.add_q_proj/add_k_proj/add_v_proj`); on a `WanTransformer3DModel` (METHOD.md §9)
+the self-attention (`attn1.to_q/to_k/to_v`) and the cross-attention (`attn2.to_q/to_k/to_v`),
+so users with Wan weights can check whether the paper's Q-K / V split holds there. The family
+is read from the weight names. The weights come from an in-memory model or from a folder of safetensors files,
 read one tensor at a time (a full-size model is never materialized). SVDs run in float32; use
 a GPU `device` for the full-size model (3 SVDs of 3072-row matrices per stream and block).
 """
@@ -25,13 +28,20 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
-STREAMS: dict[str, tuple[str, str, str]] = {
-    "vision": ("to_q", "to_k", "to_v"),
-    "text": ("add_q_proj", "add_k_proj", "add_v_proj"),
+#: Per family: the blocks' prefix and, per stream, the Q, K, V modules inside a block.
+LAYOUTS: dict[str, tuple[str, dict[str, tuple[str, str, str]]]] = {
+    "mochi": ("transformer_blocks", {
+        "vision": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
+        "text": ("attn1.add_q_proj", "attn1.add_k_proj", "attn1.add_v_proj"),
+    }),
+    "wan": ("blocks", {
+        "self": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
+        "cross": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    }),
 }
 PAIRS: tuple[str, ...] = ("q-k", "q-v", "k-v")
 _PAIR_INDEX = {"q-k": (0, 1), "q-v": (0, 2), "k-v": (1, 2)}
-_BLOCK_KEY = re.compile(r"^transformer_blocks\.(\d+)\.attn1\.")
+_BLOCK_KEY = {family: re.compile(rf"^{prefix}\.(\d+)\.attn1\.") for family, (prefix, _) in LAYOUTS.items()}
 
 
 def top_left_singular_vectors(weight: torch.Tensor, rank: int, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -69,11 +79,13 @@ def subspace_similarity(a: torch.Tensor, b: torch.Tensor, rank: int, device: str
 WeightGetter = Callable[[str], torch.Tensor | None]
 
 
-def _module_weights(model: torch.nn.Module) -> tuple[int, WeightGetter]:
-    """Block count and a name -> weight lookup for an in-memory transformer (peft layers: base weight)."""
-    blocks = getattr(model, "transformer_blocks", None)
-    if blocks is None:
-        raise ValueError(f"{type(model).__name__} has no transformer_blocks; expected a MochiTransformer3DModel")
+def _module_weights(model: torch.nn.Module) -> tuple[str, int, WeightGetter]:
+    """Family, block count and a name -> weight lookup for an in-memory transformer (peft layers: base weight)."""
+    family = next((f for f, (prefix, _) in LAYOUTS.items() if hasattr(model, prefix)), None)
+    if family is None:
+        raise ValueError(f"{type(model).__name__} has neither transformer_blocks nor blocks; "
+                         "expected a MochiTransformer3DModel or a WanTransformer3DModel")
+    blocks = getattr(model, LAYOUTS[family][0])
 
     def get(name: str) -> torch.Tensor | None:
         path = name.removesuffix(".weight")
@@ -84,7 +96,7 @@ def _module_weights(model: torch.nn.Module) -> tuple[int, WeightGetter]:
         module = getattr(module, "base_layer", module)
         return module.weight
 
-    return len(blocks), get
+    return family, len(blocks), get
 
 
 def _transformer_folder(folder: Path) -> Path:
@@ -94,20 +106,23 @@ def _transformer_folder(folder: Path) -> Path:
     return folder
 
 
-def _folder_weights(folder: Path) -> tuple[int, WeightGetter]:
-    """Block count and a lazy name -> weight lookup over the safetensors files of a folder."""
+def _folder_weights(folder: Path) -> tuple[str, int, WeightGetter]:
+    """Family, block count and a lazy name -> weight lookup over the safetensors files of a folder."""
     folder = _transformer_folder(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no .safetensors files in {folder}; expected a saved MochiTransformer3DModel")
+        raise FileNotFoundError(f"no .safetensors files in {folder}; expected a saved Mochi or Wan transformer")
     key_to_file: dict[str, Path] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():
                 key_to_file[key] = file
-    block_ids = {int(match.group(1)) for key in key_to_file if (match := _BLOCK_KEY.match(key))}
-    if not block_ids:
-        raise ValueError(f"no transformer_blocks.N.attn1.* weights in {folder}")
+    found = {family: {int(m.group(1)) for key in key_to_file if (m := pattern.match(key))}
+             for family, pattern in _BLOCK_KEY.items()}
+    family = next((f for f, ids in found.items() if ids), None)
+    if family is None:
+        raise ValueError(f"no transformer_blocks.N.attn1.* (Mochi) or blocks.N.attn1.* (Wan) weights in {folder}")
+    block_ids = found[family]
 
     def get(name: str) -> torch.Tensor | None:
         file = key_to_file.get(name)
@@ -116,7 +131,7 @@ def _folder_weights(folder: Path) -> tuple[int, WeightGetter]:
         with safe_open(str(file), framework="pt") as handle:
             return handle.get_tensor(name)
 
-    return max(block_ids) + 1, get
+    return family, max(block_ids) + 1, get
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,22 +142,24 @@ def _folder_weights(folder: Path) -> tuple[int, WeightGetter]:
 def qkv_subspace_similarity(
     source: torch.nn.Module | str | Path, rank: int = 16, device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Q-K, Q-V, K-V subspace similarity of every block, vision and text streams (METHOD.md §7).
+    """Q-K, Q-V, K-V subspace similarity of every block and stream (METHOD.md §7).
 
-    Returns a JSON-able dict: `streams[stream][pair]` is a list over blocks (None where a
+    Streams: `vision` and `text` on Mochi, `self` and `cross` (attention) on Wan. Returns a
+    JSON-able dict: `family`, `streams[stream][pair]` a list over blocks (None where a
     projection is missing), `mean[stream][pair]` the average over blocks.
     """
     if isinstance(source, torch.nn.Module):
-        num_blocks, get = _module_weights(source)
+        family, num_blocks, get = _module_weights(source)
     else:
-        num_blocks, get = _folder_weights(Path(source))
+        family, num_blocks, get = _folder_weights(Path(source))
+    prefix, layout = LAYOUTS[family]
     streams: dict[str, dict[str, list[float | None]]] = {}
     baseline: dict[str, float | None] = {}
-    for stream, names in STREAMS.items():
+    for stream, names in layout.items():
         values: dict[str, list[float | None]] = {pair: [] for pair in PAIRS}
         rows: int | None = None
         for block in range(num_blocks):
-            weights = [get(f"transformer_blocks.{block}.attn1.{name}.weight") for name in names]
+            weights = [get(f"{prefix}.{block}.{name}.weight") for name in names]
             bases = [None if w is None else top_left_singular_vectors(w, rank, device) for w in weights]
             for pair in PAIRS:
                 first, second = (bases[i] for i in _PAIR_INDEX[pair])
@@ -156,10 +173,11 @@ def qkv_subspace_similarity(
         for stream, values in streams.items()
     }
     return {
+        "family": family,
         "rank": rank,
         "num_blocks": num_blocks,
         "pairs": list(PAIRS),
-        "modules": {stream: list(names) for stream, names in STREAMS.items()},
+        "modules": {stream: [f"{prefix}.N.{name}" for name in names] for stream, names in layout.items()},
         "streams": streams,
         "mean": mean,
         "random_subspace_expectation": baseline,
