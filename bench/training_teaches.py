@@ -1,6 +1,7 @@
 """How far a short DreamRelation run lifts relation accuracy above the shipped toy base (issue 22 §4).
 
-Sets the margin of `tests/test_training_teaches.py` from measured spread. For each training
+Meant to set, from measured spread, the margin of the "training teaches" test (not written:
+on today's base no setting lifts accuracy beyond the spread; docs/toy_world.md). For each training
 seed: DreamRelation (the study's training, `--steps` steps) on 20 exemplars of people pushing,
 then the toy judge on two held-out prompt sets, each against the base on the same prompts and
 sampling seeds:

@@ -98,11 +98,11 @@ def test_ctrl_c_ends_at_once_with_one_line_and_the_rerun_resumes(synthetic_root,
     cli = _start_in_own_group(args, stderr)
     try:
         deadline = time.monotonic() + 240
-        # the pipeline flow has begun (its two stages take ~3 s in all; a stage's own lock can
-        # live for 10 ms, too short to poll for reliably)
-        while "Beginning flow run" not in stderr.read_text() and not list(root.rglob("*.lock")):
+        # a stage has begun building: its lock, or its "building" line (a lock can live 10 ms,
+        # too short to poll for reliably; the run goes on ~2.5 s after the line)
+        while "select_clips [A058]: building" not in stderr.read_text() and not list(root.rglob("*.lock")):
             assert cli.poll() is None, stderr.read_text()
-            assert time.monotonic() < deadline, "no flow started within 240 s"
+            assert time.monotonic() < deadline, "no stage started within 240 s"
             time.sleep(0.02)
         os.killpg(cli.pid, signal.SIGINT)
         sent = time.monotonic()
