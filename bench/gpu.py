@@ -48,7 +48,8 @@ from dreamrelation.data.masks import latent_shape
 from dreamrelation.data.video import VideoConfig
 from dreamrelation.model import lora
 from dreamrelation.model.lora import GROUPS
-from dreamrelation.model.mochi import LatentNorm, encode_video
+from dreamrelation.model.family import LatentNorm
+from dreamrelation.model.mochi import MOCHI
 
 #: Clip sizes (frames x height x width) of the training rows; the first is the paper's.
 SIZES = {"61x480x848": VideoConfig(num_frames=61), "25x480x848": VideoConfig(num_frames=25)}
@@ -239,10 +240,10 @@ def measure_vae(vae: AutoencoderKLMochi, video: VideoConfig, meter: Meter, size:
             row = guarded(what, meter, lambda: [Row(what, meter.time(work), meter.peak_gib())])
         rows.extend(row)
 
-    run(f"VAE encode {size}, tiled", True, lambda: latents.setdefault("z", encode_video(vae, clip)[0]))
+    run(f"VAE encode {size}, tiled", True, lambda: latents.setdefault("z", MOCHI.encode_video(vae, clip)[0]))
     if "z" in latents:
         run(f"VAE decode {size}, tiled", True, lambda: vae.decode(latents["z"]).sample)
-    run(f"VAE encode {size}, untiled", False, lambda: encode_video(vae, clip))
+    run(f"VAE encode {size}, untiled", False, lambda: MOCHI.encode_video(vae, clip))
     return rows
 
 

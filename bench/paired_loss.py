@@ -18,9 +18,10 @@ import torch
 
 from dreamrelation.config import ToyConfig
 from dreamrelation.data.world import sample_specs
-from dreamrelation.model.mochi import normalize_latents
+from dreamrelation.model.family import normalize_latents
 from dreamrelation.model.sample import load_inference_pipeline
-from dreamrelation.model.train import TrainClip, add_noise, flow_target, timestep_from_noise_level
+from dreamrelation.model.mochi import MOCHI, flow_target, timestep_from_noise_level
+from dreamrelation.model.train import TrainClip, add_noise
 from dreamrelation.stages.study import exemplar_clips, exemplar_specs
 
 SHIPPED = Path(__file__).resolve().parents[1] / "toy-base" / "model"
@@ -56,11 +57,11 @@ def main() -> None:
         "exemplars": exemplar_clips(exemplar_specs(toy.study, world, args.relation), world, args.model_dir),
         "new people": exemplar_clips(sample_specs(world, 8, [args.relation], ["person"], seed=303), world, args.model_dir),
     }
-    base = load_inference_pipeline(args.model_dir, None).transformer
+    base = load_inference_pipeline(MOCHI, args.model_dir, None).transformer
     reference = {name: flow_losses(base, clips, norm, args.draws) for name, (clips, _, norm) in sets.items()}
     print("| run | clips | base loss | LoRA loss | paired difference |\n|---|---|---|---|---|")
     for run in args.runs:
-        tuned = load_inference_pipeline(args.model_dir, run / "relation_lora.safetensors").transformer
+        tuned = load_inference_pipeline(MOCHI, args.model_dir, run / "relation_lora.safetensors").transformer
         for name, (clips, _, norm) in sets.items():
             diff = flow_losses(tuned, clips, norm, args.draws) - reference[name]
             print(f"| {run} | {name} | {reference[name].mean():.4f} | {(reference[name] + diff).mean():.4f} | "

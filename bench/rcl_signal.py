@@ -20,7 +20,8 @@ import torch
 from dreamrelation.config import ToyConfig
 from dreamrelation.data.world import RELATIONS, render_clip, sample_specs
 from dreamrelation.model.losses import relation_features
-from dreamrelation.model.mochi import LatentNorm, load_vae, normalize_latents
+from dreamrelation.model.family import LatentNorm, normalize_latents
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.pretrain import videos_to_tensor
 
 SHIPPED = Path(__file__).resolve().parents[1] / "toy-base" / "model"
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=SHIPPED)
     args = parser.parse_args()
     world = ToyConfig().pretrain.world
-    vae = load_vae(args.model_dir)
+    vae = MOCHI.load_vae(args.model_dir)
     norm = LatentNorm.from_config(vae.config)
     g = torch.Generator().manual_seed(0)
     print("| relation | std d(z0) | std d(eps) | ratio |\n|---|---|---|---|")

@@ -27,10 +27,11 @@ import torch
 
 from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import KINDS, ClipSpec, caption, sample_specs
-from dreamrelation.model.mochi import denormalize_latents, encode_text, load_pipeline, normalize_latents
+from dreamrelation.model.family import denormalize_latents, normalize_latents
 from dreamrelation.model.pretrain import decode_clips, encode_clips, render_set
 from dreamrelation.model.sample import generate
-from dreamrelation.model.train import add_noise, flow_target, timestep_from_noise_level
+from dreamrelation.model.mochi import MOCHI, encode_text, flow_target, timestep_from_noise_level
+from dreamrelation.model.train import add_noise
 from dreamrelation.perception.judge import judge_video
 from dreamrelation.plan import plan_toy
 from dreamrelation.stages.pretrain import MODEL_DIR
@@ -217,7 +218,7 @@ def main() -> None:
     config = load_toy_config(None, args.overrides)
     cfg = config.pretrain
     base = Path(config.root) / plan_toy(config)["pretrain_base"].key
-    pipe = load_pipeline(base / MODEL_DIR)
+    pipe = MOCHI.load_pipeline(base / MODEL_DIR)
     print(f"toy base {base}; chance for kind = 1/{len(cfg.world.kinds)}")
     if not args.kind_words_only:
         attribute_report(pipe, cfg, args.clips, args.prompts)

@@ -25,7 +25,7 @@ import torch
 
 from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import KINDS, ClipSpec, render_clip, sample_specs
-from dreamrelation.model.mochi import load_pipeline
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.pretrain import (
     DitData,
     build_models,
@@ -73,7 +73,7 @@ def main() -> None:
     base = Path(config.root) / plan_toy(config)["pretrain_base"].key
     out = Path(config.root) / "experiments" / f"single-subject-{base.name}"
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(base / MODEL_DIR)
+    pipe = MOCHI.load_pipeline(base / MODEL_DIR)
 
     cache = out / "dit_data.pt"
     if cache.is_file():

@@ -25,7 +25,7 @@ from torch import nn
 from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import caption, sample_specs
 from dreamrelation.evaluation.toy import score, summarize
-from dreamrelation.model.mochi import TINY_T5, encode_text, load_pipeline
+from dreamrelation.model.mochi import MOCHI, TINY_T5, encode_text
 from dreamrelation.model.pretrain import DitData, build_models, train_dit
 from dreamrelation.model.sample import generate
 from dreamrelation.perception.judge import judge_video
@@ -64,7 +64,7 @@ def main() -> None:
     base = Path(config.root) / plan_toy(config)["pretrain_base"].key
     out = Path(config.root) / "experiments" / f"word-features-{base.name}"
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(base / MODEL_DIR)
+    pipe = MOCHI.load_pipeline(base / MODEL_DIR)
     words = WordFeatures(len(pipe.tokenizer), TINY_T5["d_model"], seed=cfg.seed)
 
     state = torch.load(base / WORK_DIR / PHASE_FILES["dit_data"], weights_only=False)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from dreamrelation.model.config import BaseModelConfig, LoraTripletConfig, TrainConfig
-from dreamrelation.model.mochi import ensure_tiny_mochi, load_vae, tiny_model_dir
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.train import (
     TrainClip,
     TrainState,
@@ -96,7 +96,7 @@ class Bench:
                        ckpt: bool) -> Bench:
         """A variant on its own copy of the base model in `model_dir`."""
         cfg = make_config(variant, ckpt)
-        return cls(cfg, build_state(cfg, model_dir, device, dtype), load_vae(model_dir).config)
+        return cls(cfg, build_state(cfg, MOCHI, model_dir, device, dtype), MOCHI.load_vae(model_dir).config)
 
     @classmethod
     def on_transformer(cls, variant: str, transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype,
@@ -175,7 +175,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model_dir = ensure_tiny_mochi(tiny_model_dir(args.models, BaseModelConfig().tiny_seed))
+    model_dir = MOCHI.ensure_tiny(MOCHI.tiny_dir(args.models, BaseModelConfig().tiny_seed))
     if args.measure_memory:
         measure_memory(args.measure_memory, model_dir, device, dtype, args)
         return

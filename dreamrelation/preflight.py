@@ -27,7 +27,6 @@ from dreamrelation.model.config import BaseModelConfig
 from dreamrelation.plan import STAGES
 
 #: The base-model folder a `mochi-1` run without `model.model_dir` reads (as `model.mochi.resolve_model_dir`).
-MOCHI_IN_CACHE = "mochi-1-preview"
 #: Mask backends that load a segmentation model, and the folders each reads.
 MASK_MODEL_KEYS = {"grounded-sam2": ("detector_dir", "segmenter_dir"), "skeleton-sam2": ("segmenter_dir",)}
 
@@ -60,23 +59,21 @@ def check_model(model: BaseModelConfig) -> None:
     """The base model folder is complete, or will be built (demo, no model_dir) or downloaded (allow_download)."""
     if model.profile == "demo" and model.model_dir is None:
         return  # the tiny demo model, built under models_cache on first use
-    from dreamrelation.model.mochi import (  # deferred: heavy (torch, diffusers)
-        ModelFolderError,
-        check_model_dir,
-        missing_components,
-    )
+    from dreamrelation.model.families import family_of  # deferred: heavy (torch, diffusers)
+    from dreamrelation.model.family import ModelFolderError, missing_components  # deferred: heavy (torch, diffusers)
 
-    folder = Path(model.model_dir) if model.model_dir else Path(model.models_cache) / MOCHI_IN_CACHE
-    if model.profile == "mochi-1" and model.allow_download and missing_components(folder):
+    family = family_of(model)
+    folder = Path(model.model_dir) if model.model_dir else Path(model.models_cache) / family.hub_repo.split("/")[-1]
+    if model.profile != "demo" and model.allow_download and missing_components(folder):
         return  # fetched at run time, as asked
     if model.model_dir is None and missing_components(folder):
         raise InputError(
-            f"model.model_dir: profile 'mochi-1' needs model_dir, a local folder with genmo/mochi-1-preview in the "
+            f"model.model_dir: profile '{model.profile}' needs model_dir, a local folder with {family.hub_repo} in the "
             f"diffusers layout (nothing at {folder}, the default under model.models_cache); "
             "or set model.allow_download=true"
         )
     try:
-        check_model_dir(folder)
+        family.check_model_dir(folder)
     except ModelFolderError as exc:
         raise InputError(f"model.model_dir: {exc}") from None
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dreamrelation.model.config import BaseModelConfig, LoraTripletConfig, TrainConfig
-from dreamrelation.model.mochi import encode_text, ensure_tiny_mochi, load_text_encoder, load_vae
+from dreamrelation.model.mochi import MOCHI, encode_text
 from dreamrelation.model.train import TrainClip
 
 CAPTION = "A man is shaking hands with a woman."
@@ -22,7 +22,7 @@ CAPTION = "A man is shaking hands with a woman."
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's tiny Mochi (seed 0) in the diffusers layout."""
-    return ensure_tiny_mochi(tmp_path_factory.getbasetemp() / "tiny-mochi-seed0", seed=0)
+    return MOCHI.ensure_tiny(tmp_path_factory.getbasetemp() / "tiny-mochi-seed0", seed=0)
 
 
 @dataclass
@@ -34,14 +34,14 @@ class Text:
 
 @pytest.fixture(scope="module")
 def text(tiny_dir: Path) -> Text:
-    tokenizer, encoder = load_text_encoder(tiny_dir)
+    tokenizer, encoder = MOCHI.load_text_encoder(tiny_dir)
     embeds, mask = encode_text(tokenizer, encoder, [CAPTION, ""])
     return Text(embeds[0], mask[0], (embeds[1], mask[1]))
 
 
 @pytest.fixture(scope="module")
 def vae_config(tiny_dir: Path):
-    return load_vae(tiny_dir).config
+    return MOCHI.load_vae(tiny_dir).config
 
 
 def make_clips(text: Text, n: int = 2, shape: tuple[int, int, int] = (3, 4, 4), seed: int = 0) -> list[TrainClip]:

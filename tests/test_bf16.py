@@ -11,6 +11,7 @@ import torch
 from conftest_model import Text, make_clips, tiny_train_config
 from safetensors.torch import load_file
 
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.data.video import read_video
 from dreamrelation.model import lora
 from dreamrelation.model import train as T
@@ -26,7 +27,7 @@ def bf16_base(model_dir: Path) -> BaseModelConfig:
 def run_steps(tiny_dir: Path, text: Text, vae_config, checkpointing: bool, steps: int = 4):
     """`steps` training steps in bf16; per step its record and the LoRA gradients it produced."""
     cfg = tiny_train_config(steps=steps, gradient_checkpointing=checkpointing)
-    state = T.build_state(cfg, tiny_dir, CPU, torch.bfloat16)
+    state = T.build_state(cfg, MOCHI, tiny_dir, CPU, torch.bfloat16)
     grads: dict[str, torch.Tensor] = {}
     for name, param in lora.lora_parameters(state.transformer).items():
         param.register_hook(lambda g, name=name: grads.__setitem__(name, g.detach().clone()))

@@ -198,9 +198,9 @@ def _random_lora(model_dir: Path, path: Path) -> Path:
     """An inference LoRA with random (non-zero) B matrices: cheaper than training, visibly active."""
     from dreamrelation.model import lora
     from dreamrelation.model.config import LoraTripletConfig
-    from dreamrelation.model.mochi import load_transformer
+    from dreamrelation.model.mochi import MOCHI
 
-    transformer = load_transformer(model_dir)
+    transformer = MOCHI.load_transformer(model_dir)
     lora.add_relation_loras(transformer, LoraTripletConfig.demo())
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -225,7 +225,7 @@ def test_evaluate_stage_end_to_end_and_resume(prefect_harness, tmp_path) -> None
     from dreamrelation.data.store import ArtifactStore
     from dreamrelation.data.video import read_video, write_video
     from dreamrelation.flows.evaluate import evaluate_flow, evaluation_report_flow
-    from dreamrelation.model.mochi import resolve_model_dir
+    from dreamrelation.model.families import resolve_model_dir
     from dreamrelation.plan import plan_relation
 
     models = tmp_path / "models"

@@ -328,7 +328,8 @@ def test_folder_dataset_end_to_end_through_the_pipeline(prefect_harness, demo_fo
 
 
 def test_captions_past_the_t5_limit_are_found() -> None:
-    from dreamrelation.model.mochi import overlong_captions, tiny_tokenizer
+    from dreamrelation.model.family import overlong_captions
+    from dreamrelation.model.mochi import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     short, long = "A person is pushing a person.", " ".join(["a person pushing"] * 200)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dreamrelation.data.video import VideoConfig
-from dreamrelation.model.mochi import load_transformer, load_vae
+from dreamrelation.model.mochi import MOCHI
 
 PER_PROJECTION = 48 * 16 * ((3072 + 3072) + (1536 + 3072))  # one of Q, K, V at rank 16, both streams
 FFN = 8_183_808  # METHOD.md §2
@@ -62,7 +62,7 @@ def test_measurements_run_on_the_tiny_model_on_cpu(gpu, tiny_dir: Path, vae_conf
     cpu = torch.device("cpu")
     meter = gpu.Meter(cpu, budget_s=600)
     small, smaller = VideoConfig(num_frames=13, height=32, width=32), VideoConfig(num_frames=7, height=32, width=32)
-    transformer = load_transformer(tiny_dir)
+    transformer = MOCHI.load_transformer(tiny_dir)
     benches = gpu.training_benches(transformer, cpu, torch.float32, vae_config, small)
     rows = gpu.measure_training(benches, "13x32x32", small, meter)
     assert [r.what for r in rows] == ["DreamRelation step 13x32x32 (HMT + RCL)", "plain single-LoRA step 13x32x32",
@@ -74,7 +74,7 @@ def test_measurements_run_on_the_tiny_model_on_cpu(gpu, tiny_dir: Path, vae_conf
     assert rows[-1].seconds > 0 and not benches["full"].cfg.deterministic and len(benches["full"].state.pos_bank) == 4
     sampling = gpu.measure_sampling(transformer, small, meter, steps=64, repeats=1)
     assert sampling.seconds > 0 and "x 64" in sampling.note
-    vae_rows = gpu.measure_vae(load_vae(tiny_dir), smaller, meter, size="7x32x32")
+    vae_rows = gpu.measure_vae(MOCHI.load_vae(tiny_dir), smaller, meter, size="7x32x32")
     assert [r.what for r in vae_rows] == ["VAE encode 7x32x32, tiled", "VAE decode 7x32x32, tiled",
                                           "VAE encode 7x32x32, untiled"]
     assert all(r.seconds > 0 and r.peak_gib is None for r in vae_rows)  # CPU: no allocator peak

@@ -10,6 +10,7 @@ import torch
 from conftest_model import Text, make_clips, tiny_train_config
 from safetensors.torch import load_file
 
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model import lora, numerics
 from dreamrelation.model import train as T
 from dreamrelation.model.config import BaseModelConfig
@@ -30,7 +31,7 @@ def test_deterministic_step_sets_the_flags_for_forward_and_backward_then_restore
 ) -> None:
     monkeypatch.delenv(numerics.CUBLAS_WORKSPACE, raising=False)
     cfg = tiny_train_config(deterministic=True, gradient_checkpointing=True)
-    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     seen: dict[str, tuple[bool, bool, bool]] = {}
 
     def record(when: str) -> None:  # hooks must return None (a value would replace args / grad)
@@ -55,7 +56,7 @@ def test_deterministic_step_sets_the_flags_for_forward_and_backward_then_restore
 def test_default_step_leaves_the_global_flags_alone(tiny_dir: Path, text: Text, vae_config) -> None:
     cfg = tiny_train_config()
     assert cfg.deterministic is False
-    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     seen: list[tuple[bool, bool, bool]] = []
     state.transformer.register_forward_pre_hook(lambda *_: seen.append(_flags()))
     before = _flags()
@@ -95,6 +96,6 @@ def test_resume_on_cuda_trains_on_with_the_banks_on_the_gpu(
     _resume_matches(tmp_path, tiny_dir, text, vae_config, base)
     cfg = tiny_train_config(steps=2, checkpoint_every=1)
     T.train(make_clips(text), text.empty, vae_config, cfg, tmp_path / "banks", base, stop_at=1)
-    state = T.build_state(cfg, tiny_dir, torch.device("cuda"), torch.bfloat16)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cuda"), torch.bfloat16)
     T.load_checkpoint(state, T.checkpoint_dirs(tmp_path / "banks")[-1], cfg)
     assert state.pos_bank.items and all(e.is_cuda for e in state.pos_bank.items + state.neg_bank.items)

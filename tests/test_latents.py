@@ -15,7 +15,8 @@ from dreamrelation.data.masks import MaskConfig
 from dreamrelation.data.store import ArtifactStore
 from dreamrelation.data.video import VideoConfig, load_clip, probe_video
 from dreamrelation.model.config import BaseModelConfig
-from dreamrelation.model.mochi import encode_text, encode_video, load_text_encoder, load_vae, resolve_model_dir
+from dreamrelation.model.families import resolve_model_dir
+from dreamrelation.model.mochi import MOCHI, encode_text
 from dreamrelation.stages.latents import (
     LATENTS_STORE,
     TEXT_STORE,
@@ -80,19 +81,19 @@ def test_latents_round_trip_with_attributes(latents_uri, manifest, model):
     assert group["mean"].chunks == (1, 12, 2, 6, 10)  # one chunk per clip
 
     model_dir = resolve_model_dir(model)
-    vae = load_vae(model_dir)
+    vae = MOCHI.load_vae(model_dir)
     assert attrs["vae"]["latents_mean"] == pytest.approx(list(vae.config.latents_mean))
     assert attrs["vae"]["latents_std"] == pytest.approx(list(vae.config.latents_std))
     assert attrs["vae"]["scaling_factor"] == vae.config.scaling_factor
 
     clip = manifest.clips[0]
     frames = load_clip(clip.video, VIDEO.num_frames, VIDEO.height, VIDEO.width, VIDEO.fps, VIDEO.aspect)
-    mean, logvar = encode_video(vae, video_tensor(frames)[None])
+    mean, logvar = MOCHI.encode_video(vae, video_tensor(frames)[None])
     np.testing.assert_allclose(group["mean"][0], mean[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(group["logvar"][0], logvar[0].numpy(), atol=1e-5)
 
     text = zarr.open_group(f"{latents_uri}/{TEXT_STORE}", mode="r")
-    tokenizer, encoder = load_text_encoder(model_dir)
+    tokenizer, encoder = MOCHI.load_text_encoder(model_dir)
     embeds, mask = encode_text(tokenizer, encoder, [CAPTION, ""], 256)
     assert text["embeds"].shape == (4, 256, 32) and text["mask"].shape == (4, 256)
     np.testing.assert_allclose(text["embeds"][0], embeds[0].numpy(), atol=1e-5)

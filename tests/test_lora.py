@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from dreamrelation.model import lora
 from dreamrelation.model.config import LoraTripletConfig
-from dreamrelation.model.mochi import load_pipeline, load_transformer
+from dreamrelation.model.mochi import MOCHI
 
 
 def lora_modules(model: torch.nn.Module, adapter: str) -> set[str]:
@@ -94,7 +94,7 @@ def test_wan_cross_attention_switch_adds_attn2_query_and_mochi_refuses_it() -> N
 
 
 def test_adapters_sit_exactly_where_the_table_says(tiny_dir: Path) -> None:
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=4))
     blocks = model.config.num_layers
 
@@ -125,7 +125,7 @@ _Q, _K, _V = {"to_q", "add_q_proj"}, {"to_k", "add_k_proj"}, {"to_v", "add_v_pro
 def test_relation_and_subject_positions_of_table_3(
     tiny_dir: Path, positions: str, relation: set[str], subject: set[str]
 ) -> None:
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, relation_positions=positions))
     assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "relation")} == relation
     assert {m.rsplit(".", 1)[-1] for m in lora_modules(model, "subject1")} == subject
@@ -142,7 +142,7 @@ def test_subject_positions_are_configurable_but_never_shared_with_the_relation()
 
 
 def test_direct_baseline_and_ablation_switches(tiny_dir: Path) -> None:
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     names = lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
     assert names == ["direct"]
     short = {m.split("attn1.")[1] for m in lora_modules(model, "direct")}
@@ -166,7 +166,7 @@ def test_select_lora_group_is_the_hmt_table() -> None:
 
 
 def test_activate_adapters_makes_exactly_those_trainable(tiny_dir: Path, caplog) -> None:
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=4))
     lora.activate_adapters(model, lora.select_lora_group("subject2"))
     trainable = {lora.adapter_of(n) for n, p in model.named_parameters() if p.requires_grad}
@@ -187,7 +187,7 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 def test_exported_lora_loads_through_the_pipeline_and_reproduces_the_model(tiny_dir: Path, tmp_path: Path) -> None:
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=8.0))  # alpha / r = 2 must be folded in
     _randomize(model)
     g = torch.Generator().manual_seed(1)
@@ -208,7 +208,7 @@ def test_exported_lora_loads_through_the_pipeline_and_reproduces_the_model(tiny_
     assert all(k.startswith("transformer.transformer_blocks.") for k in keys)
     assert not any("to_v" in k or "add_v_proj" in k for k in keys)  # no subject adapters
 
-    pipe = load_pipeline(tiny_dir)
+    pipe = MOCHI.load_pipeline(tiny_dir)
     with torch.no_grad():
         base = pipe.transformer(**inputs)[0]
     pipe.load_lora_weights(str(path))
@@ -219,7 +219,7 @@ def test_exported_lora_loads_through_the_pipeline_and_reproduces_the_model(tiny_
 
 
 def test_direct_export_keeps_the_single_adapter(tiny_dir: Path, tmp_path: Path) -> None:
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
     _randomize(model)
     state = lora.inference_state_dict(model)
@@ -232,4 +232,4 @@ def test_direct_export_keeps_the_single_adapter(tiny_dir: Path, tmp_path: Path) 
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # issue 24.6: not the temporary folder's 0600
     with pytest.raises(ValueError, match="no inference adapter"):
-        lora.inference_state_dict(load_transformer(tiny_dir))
+        lora.inference_state_dict(MOCHI.load_transformer(tiny_dir))

@@ -13,7 +13,7 @@ from diffusers import MochiPipeline
 from dreamrelation.data.world import RELATIONS, WorldConfig
 from dreamrelation.evaluation.config import STUDY_METHODS, StudyConfig, study_train_config
 from dreamrelation.model.config import PretrainConfig, VaePretrainConfig
-from dreamrelation.model.mochi import missing_components
+from dreamrelation.model.family import missing_components
 from dreamrelation.stages.pretrain import GATES_FILE, MODEL_DIR, pretrain_base
 from dreamrelation.stages.study import aggregate, method_train_config, prompt_specs, run_study
 
@@ -224,11 +224,11 @@ def test_kind_swap_changes_every_kind_and_nothing_else() -> None:
 
 @torch.no_grad()
 def test_kind_word_diagnostic_runs_on_a_toy_base(toy_base: Path) -> None:
-    from dreamrelation.model.mochi import load_pipeline
+    from dreamrelation.model.mochi import MOCHI
     from dreamrelation.model.pretrain import render_set
 
     bench = _bench("toy_identity")
-    pipe = load_pipeline(toy_base / MODEL_DIR)
+    pipe = MOCHI.load_pipeline(toy_base / MODEL_DIR)
     clips = render_set(MICRO, 2, MICRO.seen_relations, phase=6)
     rows = bench.kind_word_use(pipe, MICRO, clips, levels=(0.5,), steps=2)
     assert set(rows) == {"s=0.5 own caption", "s=0.5 kinds swapped"}
@@ -237,7 +237,7 @@ def test_kind_word_diagnostic_runs_on_a_toy_base(toy_base: Path) -> None:
 
 
 def test_explained_share_by_hand(toy_base: Path) -> None:
-    from dreamrelation.model.mochi import load_pipeline
+    from dreamrelation.model.mochi import MOCHI
     from dreamrelation.model.pretrain import render_set
 
     bench = _bench("toy_identity")
@@ -245,7 +245,7 @@ def test_explained_share_by_hand(toy_base: Path) -> None:
     x = np.array([[0.0], [2.0], [10.0], [12.0]])
     assert bench.explained_share(x, ["a", "a", "b", "b"]) == pytest.approx(100 / 104)
     assert bench.explained_share(x, ["a", "b", "a", "b"]) == pytest.approx(4 / 104)  # means 5 and 7
-    shares = bench.latent_variance_shares(load_pipeline(toy_base / MODEL_DIR), render_set(MICRO, 3, MICRO.seen_relations, 6))
+    shares = bench.latent_variance_shares(MOCHI.load_pipeline(toy_base / MODEL_DIR), render_set(MICRO, 3, MICRO.seen_relations, 6))
     assert set(shares) == {"kind", "contrast", "colour", "kind and contrast"}
     assert all(0.0 <= v <= 1.0 for v in shares.values()) and shares["kind and contrast"] >= shares["kind"]
 
@@ -324,7 +324,7 @@ def test_export_writes_a_float16_copy_and_never_replaces_a_foreign_folder(toy_ba
     """issue 22 §1: `dreamrelation pretrain --export DIR` writes the shipped copy (float16, with key and gates)."""
     from safetensors import safe_open
 
-    from dreamrelation.model.mochi import load_transformer
+    from dreamrelation.model.mochi import MOCHI
     from dreamrelation.stages.pretrain import BASE_FILE, ExportError, export_base
 
     out = export_base(toy_base, tmp_path / "toy-base", "abc123")
@@ -332,7 +332,7 @@ def test_export_writes_a_float16_copy_and_never_replaces_a_foreign_folder(toy_ba
     assert set(json.loads((out / GATES_FILE).read_text())) == {"seen_relations", "held_out_relations", "measured", "gates"}
     with safe_open(str(out / MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
-    original, shipped = load_transformer(toy_base / MODEL_DIR), load_transformer(out / MODEL_DIR)  # cast to float32
+    original, shipped = MOCHI.load_transformer(toy_base / MODEL_DIR), MOCHI.load_transformer(out / MODEL_DIR)  # cast to float32
     for (name, a), (_, b) in zip(original.state_dict().items(), shipped.state_dict().items()):
         assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
     export_base(toy_base, out, "def456")  # an earlier export is replaced

@@ -14,7 +14,7 @@ from dreamrelation.data.video import read_video
 from dreamrelation.model import lora
 from dreamrelation.model import train as T
 from dreamrelation.model.config import LoraTripletConfig, SampleConfig
-from dreamrelation.model.mochi import load_transformer
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.sample import LoraFileError, check_lora_file, generate, load_inference_pipeline, sample_video
 
 TINY = SampleConfig(steps=2, frames=7, height=32, width=48, guidance=6.0, seed=3)
@@ -24,7 +24,7 @@ PROMPT = "A bear is shaking hands with a raccoon in a meadow."
 @pytest.fixture(scope="module")
 def lora_file(tiny_dir: Path, tmp_path_factory) -> Path:
     """An exported inference LoRA from a triplet with random (non-zero) weights."""
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=4, alpha=4))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -34,8 +34,8 @@ def lora_file(tiny_dir: Path, tmp_path_factory) -> Path:
 
 
 def test_generate_returns_seeded_uint8_frames(tiny_dir: Path, lora_file: Path) -> None:
-    base = load_inference_pipeline(tiny_dir, None)
-    with_lora = load_inference_pipeline(tiny_dir, lora_file)
+    base = load_inference_pipeline(MOCHI, tiny_dir, None)
+    with_lora = load_inference_pipeline(MOCHI, tiny_dir, lora_file)
     frames = generate(with_lora, PROMPT, TINY)
     assert frames.shape == (7, 32, 48, 3) and frames.dtype == np.uint8
     assert np.array_equal(frames, generate(with_lora, PROMPT, TINY))  # same seed, same video
@@ -44,7 +44,7 @@ def test_generate_returns_seeded_uint8_frames(tiny_dir: Path, lora_file: Path) -
 
 
 def test_subject_adapters_are_never_loaded(tiny_dir: Path, lora_file: Path) -> None:
-    pipe = load_inference_pipeline(tiny_dir, lora_file)
+    pipe = load_inference_pipeline(MOCHI, tiny_dir, lora_file)
     modules = {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in pipe.transformer.named_parameters()
                if ".lora_A." in n}
     assert modules == {"to_q", "to_k", "add_q_proj", "add_k_proj", "0", "to_add_out"}  # "0" is to_out.0
@@ -52,11 +52,11 @@ def test_subject_adapters_are_never_loaded(tiny_dir: Path, lora_file: Path) -> N
 
 def test_a_lora_without_the_transformer_prefix_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
     """METHOD.md §5 pitfall: `save_lora_adapter` keys lack `transformer.`; the pipeline loads nothing."""
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2))
     model.save_lora_adapter(tmp_path, adapter_name="relation")
     with pytest.raises(LoraFileError, match="has no 'transformer.' keys"):
-        load_inference_pipeline(tiny_dir, tmp_path / "pytorch_lora_weights.safetensors")
+        load_inference_pipeline(MOCHI, tiny_dir, tmp_path / "pytorch_lora_weights.safetensors")
 
 
 def _bad_loras(folder: Path, lora_file: Path) -> dict[str, tuple[Path, str]]:
@@ -77,10 +77,10 @@ def _bad_loras(folder: Path, lora_file: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_a_bad_lora_file_is_one_line_naming_it(tiny_dir: Path, lora_file: Path, tmp_path: Path) -> None:
-    check_lora_file(lora_file, load_transformer(tiny_dir))  # the real export passes
+    check_lora_file(lora_file, MOCHI.load_transformer(tiny_dir))  # the real export passes
     for kind, (path, message) in _bad_loras(tmp_path, lora_file).items():
         with pytest.raises(LoraFileError) as err:
-            load_inference_pipeline(tiny_dir, path)
+            load_inference_pipeline(MOCHI, tiny_dir, path)
         assert message in str(err.value) and str(path) in str(err.value), kind
 
 
@@ -128,10 +128,10 @@ def test_periodic_samples_during_training_use_relation_and_ffn_only(tiny_dir: Pa
 def test_a_second_lora_is_checked_against_layers_the_first_one_wraps(tiny_dir: Path, lora_file: Path, tmp_path: Path) -> None:
     """Evaluation loads one method's LoRA after another's (issue 22: DreamRelation, then direct LoRA):
     layers peft wrapped for the first still count as the linear layers they wrap."""
-    model = load_transformer(tiny_dir)
+    model = MOCHI.load_transformer(tiny_dir)
     lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
     direct = lora.export_inference_lora(model, tmp_path / "direct.safetensors")
-    pipe = load_inference_pipeline(tiny_dir, lora_file)  # relation LoRA on Q, K of both streams
+    pipe = load_inference_pipeline(MOCHI, tiny_dir, lora_file)  # relation LoRA on Q, K of both streams
     assert "add_k_proj" in {name.split(".")[-2] for name, _ in pipe.transformer.named_modules() if name.endswith("base_layer")}
     check_lora_file(direct, pipe.transformer)  # Q, K, V, out: refused before the fix
     pipe.load_lora_weights(str(direct), adapter_name="direct")

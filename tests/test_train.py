@@ -13,14 +13,11 @@ from conftest_model import Text, cpu_base, make_clips, tiny_train_config
 from safetensors.torch import load_file
 
 from dreamrelation.model import lora
+from dreamrelation.model import mochi
 from dreamrelation.model import train as T
 from dreamrelation.model.config import LoraTripletConfig, TrainConfig
-from dreamrelation.model.mochi import (
-    denormalize_latents,
-    load_pipeline,
-    load_transformer,
-    normalize_latents,
-)
+from dreamrelation.model.family import denormalize_latents, normalize_latents
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.sample import load_inference_pipeline
 
 # --------------------------------------------------------------------------- conventions
@@ -31,16 +28,16 @@ def test_rectified_flow_helpers() -> None:
     assert torch.equal(T.add_noise(z0, eps, torch.tensor([0.0])), z0)
     assert torch.equal(T.add_noise(z0, eps, torch.tensor([1.0])), eps)
     assert torch.allclose(T.add_noise(z0, eps, torch.tensor([0.25])), torch.full_like(z0, 2.0))
-    assert torch.equal(T.flow_target(z0, eps), torch.full_like(z0, 4.0))
-    assert T.timestep_from_noise_level(torch.tensor(1.0)) == 0  # pure noise is t = 0
-    assert T.timestep_from_noise_level(torch.tensor(0.0)) == 1000
-    assert T.noise_level_from_timestep(torch.tensor(250.0)) == 0.75
+    assert torch.equal(mochi.flow_target(z0, eps), torch.full_like(z0, 4.0))
+    assert mochi.timestep_from_noise_level(torch.tensor(1.0)) == 0  # pure noise is t = 0
+    assert mochi.timestep_from_noise_level(torch.tensor(0.0)) == 1000
+    assert mochi.noise_level_from_timestep(torch.tensor(250.0)) == 0.75
 
 
 def test_trajectory_of_the_pipeline_matches_the_training_noising(tiny_dir: Path, text: Text) -> None:
     """METHOD.md §1 (b): feed the pipeline the exact velocity z0 - eps of a known pair; every
     (x_i, t_i) it gives the transformer must be the training code's x_s at s(t_i)."""
-    pipe = load_pipeline(tiny_dir)
+    pipe = MOCHI.load_pipeline(tiny_dir)
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(1, 12, 3, 4, 4, generator=g)
     eps = torch.randn(1, 12, 3, 4, 4, generator=g)
@@ -50,7 +47,7 @@ def test_trajectory_of_the_pipeline_matches_the_training_noising(tiny_dir: Path,
         seen.append((kwargs["hidden_states"].clone(), kwargs["timestep"].clone()))
 
     def oracle(module, args, kwargs, output):
-        return (T.flow_target(z0, eps),)
+        return (mochi.flow_target(z0, eps),)
 
     pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
     pipe.transformer.register_forward_hook(oracle, with_kwargs=True)
@@ -69,8 +66,8 @@ def test_trajectory_of_the_pipeline_matches_the_training_noising(tiny_dir: Path,
     assert len(seen) == 8 and seen[0][1].item() == 0.0  # first call: t = 0 on pure noise
     assert torch.equal(seen[0][0], eps)
     for x, t in seen:
-        s = T.noise_level_from_timestep(t)
-        assert torch.allclose(T.timestep_from_noise_level(s), t)  # the training code's mapping
+        s = mochi.noise_level_from_timestep(t)
+        assert torch.allclose(mochi.timestep_from_noise_level(s), t)  # the training code's mapping
         assert torch.allclose(x, T.add_noise(z0, eps, s), atol=1e-5), f"t={t.item()}"
     assert torch.allclose(out, z0, atol=1e-5)
 
@@ -93,7 +90,7 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_idle_adapters_stay_bit_identical(tiny_dir: Path, text: Text, vae_config) -> None:
     cfg = tiny_train_config(steps=12, weight_decay=0.1)
     clips = make_clips(text)
-    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     groups, touched = [], set()
     for _ in range(cfg.steps):
         before = _snapshot(state.transformer)
@@ -120,7 +117,7 @@ def test_group_choice_and_dropout_are_seeded_per_step(tiny_dir: Path, text: Text
     cfg = tiny_train_config(steps=4, caption_dropout=0.5)
     records = []
     for _ in range(2):
-        state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+        state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
         records.append([T.train_step(state, make_clips(text), text.empty, vae_config, cfg) for _ in range(4)])
     assert records[0] == records[1]
 
@@ -128,7 +125,7 @@ def test_group_choice_and_dropout_are_seeded_per_step(tiny_dir: Path, text: Text
 def test_hmt_off_trains_all_adapters_with_the_plain_loss(tiny_dir: Path, text: Text, vae_config) -> None:
     cfg = tiny_train_config(hmt=False, rcl=False, caption_dropout=0.0)
     clips = make_clips(text, n=1)
-    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     before = _snapshot(state.transformer)
     record = T.train_step(state, clips, text.empty, vae_config, cfg)
     after = _snapshot(state.transformer)
@@ -139,22 +136,22 @@ def test_hmt_off_trains_all_adapters_with_the_plain_loss(tiny_dir: Path, text: T
     assert still == [f"transformer_blocks.{last}.attn1.add_q_proj.lora_B.relation.weight"]
 
     # the logged loss is the unweighted one: recompute it from the step's draws with the old weights
-    fresh = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    fresh = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     g = T.step_generator(cfg.seed, 1)
     torch.randint(1, (1,), generator=g), torch.randint(1, (1,), generator=g), torch.rand((), generator=g)
     s = torch.rand((1,), generator=g)
     eps = torch.randn((1, *clips[0].latent_mean.shape), generator=g)
     z0 = normalize_latents(clips[0].latent_mean, vae_config)[None]
     with torch.no_grad():
-        v = fresh.transformer(T.add_noise(z0, eps, s), text.embeds[None], T.timestep_from_noise_level(s),
+        v = fresh.transformer(T.add_noise(z0, eps, s), text.embeds[None], mochi.timestep_from_noise_level(s),
                               text.mask[None], return_dict=False)[0]
-    assert abs(record["loss_rec"] - (v - T.flow_target(z0, eps)).square().mean().item()) < 1e-5
+    assert abs(record["loss_rec"] - (v - mochi.flow_target(z0, eps)).square().mean().item()) < 1e-5
 
 
 def _subject_step(tiny_dir: Path, text: Text, vae_config, **update):
     """One forced `subject1` step with filled banks; its record, LoRA gradients and bank sizes."""
     cfg = tiny_train_config(**update)
-    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     state.groups = ["subject1"]
     g = torch.Generator().manual_seed(3)
     state.pos_bank.push(torch.randn(2, 2, 12, generator=g))  # (f - 1, C) dynamics entries, f = 3
@@ -185,7 +182,7 @@ def test_rcl_branches_choose_whether_subject_steps_get_the_contrastive_loss(tiny
 
     # relation steps keep the contrastive loss under 'relation'
     cfg = tiny_train_config(steps=8, rcl_branches="relation")
-    state = T.build_state(cfg, tiny_dir, torch.device("cpu"), torch.float32)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
     records = [T.train_step(state, make_clips(text), text.empty, vae_config, cfg) for _ in range(cfg.steps)]
     relation_steps = [r for r in records if r["group"] == "relation"]
     assert all(r["loss_rcl"] is None for r in records if r["group"] != "relation")
@@ -358,7 +355,7 @@ def pretrained_base(tiny_dir: Path, text: Text, tmp_path_factory) -> Path:
     of the training module: x = (1 - s) z0 + s eps, t = 1000 (1 - s), target z0 - eps."""
     folder = tmp_path_factory.mktemp("pretrained") / "mochi"
     shutil.copytree(tiny_dir, folder)
-    model = load_transformer(folder)
+    model = MOCHI.load_transformer(folder)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     g = torch.Generator().manual_seed(1)
     batch = 8
@@ -391,7 +388,7 @@ def test_convention_overfit_one_clip_then_sample_through_the_pipeline(pretrained
     result = T.train([clip], text.empty, vae_config, cfg, tmp_path, cpu_base(pretrained_base))
 
     def sample(lora_path: Path | None) -> torch.Tensor:
-        pipe = load_inference_pipeline(pretrained_base, lora_path)
+        pipe = load_inference_pipeline(MOCHI, pretrained_base, lora_path)
         return pipe(
             prompt_embeds=text.embeds.expand(4, -1, -1),  # 4 noise draws
             prompt_attention_mask=text.mask.expand(4, -1),

@@ -44,7 +44,6 @@ from dreamrelation.data.video import (
     VideoConfig,
     VideoError,
     crop_box,
-    latent_frames,
     resample_indices,
 )
 
@@ -64,7 +63,7 @@ class NotEnoughSubjects(ValueError):
 
 def latent_shape(video: VideoConfig) -> tuple[int, int, int]:
     """(f, h, w) of the latent grid of clips in the `video` geometry (METHOD.md §1)."""
-    return latent_frames(video.num_frames), video.height // SPATIAL_COMPRESSION, video.width // SPATIAL_COMPRESSION
+    return video.latent_frames, video.height // SPATIAL_COMPRESSION, video.width // SPATIAL_COMPRESSION
 
 
 class MaskConfig(StrictConfig):

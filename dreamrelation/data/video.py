@@ -1,8 +1,8 @@
 """Video I/O and the preprocessing every stage shares (METHOD.md §1 and §8).
 
 A training clip is: decode -> centre-crop to the target aspect (848:480 by default) ->
-resize -> resample to 30 fps -> keep the first N frames with N = 6k + 1 (the causal VAE
-compresses time by T_c = 6, so N frames give (N - 1) / 6 + 1 latent frames).
+resize -> resample to 30 fps -> keep the first N frames with N = T_c k + 1 (the causal VAE
+compresses time by T_c: 6 on Mochi-1, 4 on Wan, so N frames give (N - 1) / T_c + 1 latent frames).
 The same crop/resize is applied to masks (`crop_box`, `resize_frames`), so a pixel of a
 mask stays on the pixel of the frame it belongs to.
 """
@@ -13,22 +13,25 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, Any, ClassVar, Literal
 
 import av
 import cv2
 import numpy as np
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from dreamrelation.configbase import StrictConfig
 
 log = logging.getLogger("dreamrelation.video")
 
+#: T_c of the causal video VAEs: 6 on Mochi-1 (METHOD.md §1), 4 on Wan 2.1 (§9). Mochi's is the default.
 TEMPORAL_COMPRESSION = 6
+TEMPORAL_COMPRESSIONS = (6, 4)
 
 
 def _check_frame_count(value: int) -> int:
-    latent_frames(value)
+    if value < 1 or all((value - 1) % factor for factor in TEMPORAL_COMPRESSIONS):
+        raise ValueError(f"{value} frames fits no video VAE: Mochi-1 needs 6k+1 (e.g. 25, 61), Wan 4k+1 (e.g. 25, 81)")
     return value
 
 
@@ -38,7 +41,8 @@ def _check_multiple_of_16(value: int) -> int:
     return value
 
 
-#: A clip length the causal VAE accepts (6k + 1 frames) and a frame side it accepts (16 | size).
+#: A clip length some causal VAE accepts (6k + 1 or 4k + 1 frames; the model family's T_c is checked
+#: with the pipeline config) and a frame side it accepts (16 | size).
 FrameCount = Annotated[int, AfterValidator(_check_frame_count)]
 FrameSide = Annotated[int, AfterValidator(_check_multiple_of_16)]
 
@@ -46,11 +50,30 @@ FrameSide = Annotated[int, AfterValidator(_check_multiple_of_16)]
 class VideoConfig(StrictConfig):
     """Target format of training clips (METHOD.md §1: 61 frames, 480x848, 30 fps)."""
 
-    num_frames: FrameCount = Field(61, description="Frames per clip; must be 6k+1 (61 -> 11 latent frames)")
+    num_frames: FrameCount = Field(
+        61, description="Frames per clip; must be T_c k + 1 (Mochi-1: 61 -> 11 latent frames; Wan: 81 -> 21)"
+    )
     height: FrameSide = Field(480, description="Height in pixels after crop/resize (multiple of 16)")
     width: FrameSide = Field(848, description="Width in pixels after crop/resize (multiple of 16)")
     fps: float = Field(30.0, gt=0, description="Frame rate clips are resampled to")
     aspect: float = Field(848 / 480, gt=0, description="Width/height of the centre crop taken before resizing")
+    temporal_compression: Literal[6, 4] = Field(
+        6,
+        description="T_c of the base model's VAE, which clips and latent masks follow: 6 for Mochi-1, 4 for Wan "
+        "(must match model.family; checked)",
+    )
+
+    added_later: ClassVar[dict[str, Any]] = {"temporal_compression": 6}
+
+    @model_validator(mode="after")
+    def _frames_fit_the_vae(self) -> VideoConfig:
+        latent_frames(self.num_frames, self.temporal_compression)
+        return self
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames of a clip: (num_frames - 1) / T_c + 1."""
+        return latent_frames(self.num_frames, self.temporal_compression)
 
 
 class VideoError(ValueError):
@@ -67,11 +90,16 @@ class VideoInfo:
     height: int
 
 
-def latent_frames(num_frames: int) -> int:
-    """Latent frames f = (F - 1) / 6 + 1 for a clip of F = 6k + 1 frames (METHOD.md §1)."""
-    if num_frames < 1 or (num_frames - 1) % TEMPORAL_COMPRESSION:
-        raise ValueError(f"{num_frames} frames is not of the form 6k+1 (e.g. 25, 49, 61)")
-    return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
+def latent_frames(num_frames: int, temporal_compression: int = TEMPORAL_COMPRESSION) -> int:
+    """Latent frames f = (F - 1) / T_c + 1 for a clip of F = T_c k + 1 frames (METHOD.md §1: 61 -> 11 at T_c = 6;
+    §9: 81 -> 21 at T_c = 4)."""
+    if num_frames < 1 or (num_frames - 1) % temporal_compression:
+        examples = ", ".join(str(temporal_compression * k + 1) for k in (4, 10, 20))
+        raise ValueError(
+            f"{num_frames} frames is not of the form {temporal_compression}k+1 (e.g. {examples}), "
+            f"which a VAE with temporal compression {temporal_compression} needs"
+        )
+    return (num_frames - 1) // temporal_compression + 1
 
 
 def probe_video(path: str | Path | IO[bytes], name: str | None = None) -> VideoInfo:
@@ -198,7 +226,7 @@ def preprocess_frames(
     Works on RGB frames (T, H, W, 3) and on masks (T, H, W) or (T, H, W, K) alike, so masks
     follow their video exactly; pass nearest=True for label masks.
     """
-    latent_frames(num_frames)  # validates 6k+1
+    _check_frame_count(num_frames)  # T_c k + 1 for some VAE (the family's T_c is checked with the config)
     index = resample_indices(len(frames), src_fps, fps, start)
     if len(index) < num_frames:
         after = f" after {start:g} s" if start else ""

@@ -25,7 +25,8 @@ from dreamrelation.data.prompts import load_eval_prompts, prompts_for
 from dreamrelation.data.video import write_video
 from dreamrelation.evaluation.config import EvalConfig, EvalMethod, EvaluationError
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
-from dreamrelation.model.mochi import resolve_device, resolve_dtype, resolve_model_dir
+from dreamrelation.model.families import family_of, resolve_model_dir
+from dreamrelation.model.family import resolve_device, resolve_dtype
 from dreamrelation.model.sample import check_lora_file, generate, load_inference_pipeline, read_lora_shapes
 from dreamrelation.model.train import LORA_FILE
 
@@ -141,7 +142,7 @@ def generate_videos(
     if not missing:
         return counts
     device = resolve_device(base)
-    pipe = load_inference_pipeline(resolve_model_dir(base), None, device, resolve_dtype(base, device))
+    pipe = load_inference_pipeline(family_of(base), resolve_model_dir(base), None, device, resolve_dtype(base, device))
     try:
         with tqdm(total=len(missing), desc="evaluate: generate", unit="video", disable=None) as bar:
             for slug, method_jobs in jobs.items():

@@ -38,7 +38,7 @@ def qkv_analysis(
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     if model_dir is None:
-        from dreamrelation.model.mochi import resolve_model_dir  # deferred: heavy (diffusers), only without model_dir
+        from dreamrelation.model.families import resolve_model_dir  # deferred: heavy (diffusers), only without model_dir
 
         model_dir = resolve_model_dir(model or BaseModelConfig.demo())
     source = Path(model_dir)

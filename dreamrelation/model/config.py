@@ -17,19 +17,34 @@ from dreamrelation.data.video import FrameCount, FrameSide
 from dreamrelation.data.world import RELATIONS, WorldConfig
 
 
-class BaseModelConfig(StrictConfig):
-    """Where the Mochi-1 base model comes from and where it runs (METHOD.md §1)."""
+Family = Literal["mochi", "wan"]
+#: What the cheap-to-import configs must know of each family (the rest is in `model.mochi` / `model.wan`):
+#: the VAE's temporal compression T_c (METHOD.md §1, §9) and the text length its pipeline encodes prompts to.
+FAMILY_TEMPORAL_COMPRESSION: dict[str, int] = {"mochi": 6, "wan": 4}
+FAMILY_TEXT_LENGTH: dict[str, int] = {"mochi": 256, "wan": 512}
+#: The profile that reads each family's real weights from `model_dir`.
+WEIGHTS_PROFILE: dict[str, str] = {"mochi": "mochi-1", "wan": "wan2.1"}
 
-    profile: Literal["demo", "mochi-1"] = Field(
+
+class BaseModelConfig(StrictConfig):
+    """Where the base model (Mochi-1 or Wan 2.1) comes from and where it runs (METHOD.md §1, §9)."""
+
+    family: Family = Field(
+        default="mochi",
+        description="Base model family: 'mochi' (Mochi-1, joint-attention DiT, METHOD.md §1) or 'wan' (Wan 2.1 "
+        "text-to-video, self- + cross-attention DiT, §9). Everything that differs per family (loading, text "
+        "features, the flow convention, sampling) follows it.",
+    )
+    profile: Literal["demo", "mochi-1", "wan2.1"] = Field(
         default="demo",
-        description="'demo': tiny randomly initialised models of the same diffusers classes, built "
-        "locally; 'mochi-1': the real model read from `model_dir`.",
+        description="'demo': tiny randomly initialised models of the family's diffusers classes, built "
+        "locally; 'mochi-1' / 'wan2.1': the real model of that family read from `model_dir`.",
     )
     model_dir: str | None = Field(
         default=None,
-        description="Local folder in the diffusers `genmo/mochi-1-preview` layout (transformer/ vae/ "
-        "text_encoder/ tokenizer/ scheduler/ model_index.json). Required for 'mochi-1'; for 'demo' "
-        "it overrides the tiny model location.",
+        description="Local folder in the diffusers layout (transformer/ vae/ text_encoder/ tokenizer/ scheduler/ "
+        "model_index.json) of `genmo/mochi-1-preview` or `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` / `-14B-Diffusers`. "
+        "Required for the real-weights profiles; for 'demo' it overrides the tiny model location.",
     )
     models_cache: str = Field(
         default=".dreamrelation/models",
@@ -46,9 +61,25 @@ class BaseModelConfig(StrictConfig):
     )
     allow_download: bool = Field(
         default=False,
-        description="Allow downloading genmo/mochi-1-preview from the Hugging Face Hub when "
-        "`model_dir` is missing. Off by default: nothing is ever downloaded at run time.",
+        description="Allow downloading the family's weights (genmo/mochi-1-preview, or Wan-AI/Wan2.1-T2V-1.3B-Diffusers) "
+        "from the Hugging Face Hub when `model_dir` is missing. Off by default: nothing is ever downloaded at run time.",
     )
+
+    added_later: ClassVar[dict[str, Any]] = {"family": "mochi"}
+
+    @model_validator(mode="after")
+    def _profile_fits_family(self) -> BaseModelConfig:
+        if self.profile != "demo" and self.profile != WEIGHTS_PROFILE[self.family]:
+            raise ValueError(
+                f"profile {self.profile!r} reads another family's weights than family {self.family!r}: use "
+                f"profile {WEIGHTS_PROFILE[self.family]!r} (or 'demo') with family {self.family!r}"
+            )
+        return self
+
+    @property
+    def temporal_compression(self) -> int:
+        """T_c of the family's VAE (METHOD.md §1: 6 on Mochi-1; §9: 4 on Wan)."""
+        return FAMILY_TEMPORAL_COMPRESSION[self.family]
 
     @classmethod
     def demo(cls) -> BaseModelConfig:

@@ -37,8 +37,9 @@ from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import KINDS, PALETTE, RELATIONS, WorldConfig, render_clip, sample_specs
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
-from dreamrelation.model.mochi import TINY_T5, encode_text, normalize_latents, tiny_tokenizer
-from dreamrelation.model.train import add_noise, flow_target, lr_factor, step_generator, timestep_from_noise_level
+from dreamrelation.model.family import normalize_latents
+from dreamrelation.model.mochi import TINY_T5, encode_text, flow_target, timestep_from_noise_level, tiny_tokenizer
+from dreamrelation.model.train import add_noise, lr_factor, step_generator
 
 log = logging.getLogger("dreamrelation.pretrain")
 

@@ -1,9 +1,11 @@
-"""Sampling with the base model plus the inference LoRA through diffusers' `MochiPipeline`.
+"""Sampling with the base model plus the inference LoRA through the family's diffusers pipeline.
 
-METHOD.md §5: only the relation and FFN adapters are used (subject adapters are never loaded);
-Euler with the pipeline's linear-quadratic schedule, 64 steps, CFG 6.0 with the empty negative
-prompt, 61 frames at 480x848, 30 fps. The initial noise comes from a CPU generator seeded by
-`SampleConfig.seed`, so a seed gives the same noise on any device.
+METHOD.md §5: only the relation and FFN adapters are used (subject adapters are never loaded).
+On Mochi-1 (`MochiPipeline`): Euler with the pipeline's linear-quadratic schedule, 64 steps,
+CFG 6.0 with the empty negative prompt, 61 frames at 480x848, 30 fps. On Wan 2.1 (`WanPipeline`,
+§9): UniPC, 50 steps, CFG 5.0, 81 frames at 480x832, 16 fps (the presets set these). The initial
+noise comes from a CPU generator seeded by `SampleConfig.seed`, so a seed gives the same noise on
+any device.
 """
 
 from __future__ import annotations
@@ -14,21 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline
+from diffusers import DiffusionPipeline
 from safetensors import safe_open
 from torch import nn
 
 from dreamrelation.data.video import write_video
 from dreamrelation.model.config import BaseModelConfig, SampleConfig
-from dreamrelation.model.mochi import (
-    encode_text,
-    load_pipeline,
-    load_text_encoder,
-    load_vae,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_dir,
-)
+from dreamrelation.model.families import family_of, family_of_model, resolve_model_dir
+from dreamrelation.model.family import ModelFamily, resolve_device, resolve_dtype
 
 log = logging.getLogger("dreamrelation.model")
 
@@ -43,8 +38,8 @@ class LoraFileError(ValueError):
 def read_lora_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of an inference LoRA file, checked to be safetensors with `transformer.` keys.
 
-    This is the format `export_inference_lora` writes and `MochiPipeline.load_lora_weights`
-    reads (METHOD.md §5 Export); anything else raises `LoraFileError` naming the file.
+    This is the format `export_inference_lora` writes and the pipelines' `load_lora_weights`
+    read (METHOD.md §5 Export); anything else raises `LoraFileError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -58,7 +53,7 @@ def read_lora_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         example = next(iter(shapes), "none")
         raise LoraFileError(
             f"LoRA file {path} has no 'transformer.' keys (e.g. {example!r}): not an inference LoRA for "
-            "MochiPipeline; use the relation_lora.safetensors a training run exports"
+            "a diffusers video pipeline; use the relation_lora.safetensors a training run exports"
         )
     return shapes
 
@@ -93,13 +88,14 @@ def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def load_inference_pipeline(
+    family: ModelFamily,
     model_dir: str | Path,
     lora_path: str | Path | None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> MochiPipeline:
-    """Base `MochiPipeline` from `model_dir` with the exported inference LoRA loaded (if given)."""
-    pipe = load_pipeline(model_dir, dtype=dtype, device=device)
+) -> DiffusionPipeline:
+    """The family's base pipeline from `model_dir` with the exported inference LoRA loaded (if given)."""
+    pipe = family.load_pipeline(model_dir, dtype=dtype, device=device)
     pipe.vae.enable_tiling()  # only tiles frames larger than 256 px: a no-op for the demo sizes
     if lora_path is not None:
         check_lora_file(lora_path, pipe.transformer)
@@ -110,7 +106,7 @@ def load_inference_pipeline(
 
 
 def generate(
-    pipe: MochiPipeline,
+    pipe: DiffusionPipeline,
     prompt: str | None,
     cfg: SampleConfig,
     text: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
@@ -122,13 +118,7 @@ def generate(
     """
     kwargs: dict = {"prompt": prompt, "negative_prompt": cfg.negative_prompt}
     if text is not None:
-        embeds, mask, neg_embeds, neg_mask = text
-        kwargs = dict(
-            prompt_embeds=embeds,
-            prompt_attention_mask=mask,
-            negative_prompt_embeds=neg_embeds,
-            negative_prompt_attention_mask=neg_mask,
-        )
+        kwargs = family_of_model(pipe.transformer).pipeline_text(*text)
     out = pipe(
         **kwargs,
         height=cfg.height,
@@ -152,7 +142,9 @@ def sample_video(
     """Generate `prompt` with base model + inference LoRA, write an mp4; returns (frames, path)."""
     base = base or BaseModelConfig()
     device = resolve_device(base)
-    pipe = load_inference_pipeline(resolve_model_dir(base), lora_path, device, resolve_dtype(base, device))
+    pipe = load_inference_pipeline(
+        family_of(base), resolve_model_dir(base), lora_path, device, resolve_dtype(base, device)
+    )
     frames = generate(pipe, prompt, cfg)
     write_video(out_path, frames, cfg.fps)
     return frames, Path(out_path)
@@ -161,12 +153,13 @@ def sample_video(
 class TrainingSampler:
     """Periodic samples during training, with the transformer being trained.
 
-    The prompt is encoded once (the T5 encoder is freed afterwards); the VAE and scheduler stay
+    The prompt is encoded once (the text encoder is freed afterwards); the VAE and scheduler stay
     loaded. The caller activates the inference adapters (relation + FFN) before calling.
     """
 
     def __init__(
         self,
+        family: ModelFamily,
         model_dir: str | Path,
         cfg: SampleConfig,
         prompt: str,
@@ -175,22 +168,20 @@ class TrainingSampler:
         dtype: torch.dtype,
     ) -> None:
         self.cfg = cfg
+        self.family = family
         self.out_dir = Path(out_dir)
-        tokenizer, text_encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
-        embeds, mask = encode_text(tokenizer, text_encoder, [prompt, cfg.negative_prompt])
+        tokenizer, text_encoder = family.load_text_encoder(model_dir, dtype=dtype, device=device)
+        embeds, mask = family.encode_text(tokenizer, text_encoder, [prompt, cfg.negative_prompt], family.max_text_length)
         self.text = (embeds[:1], mask[:1], embeds[1:], mask[1:])
         del tokenizer, text_encoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        self.vae = load_vae(model_dir, dtype=dtype, device=device)
+        self.vae = family.load_vae(model_dir, dtype=dtype, device=device)
         self.vae.enable_tiling()
-        self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(Path(model_dir) / "scheduler")
+        self.scheduler = family.scheduler_class.from_pretrained(Path(model_dir) / "scheduler")
 
     def __call__(self, transformer: torch.nn.Module, step: int) -> Path:
-        pipe = MochiPipeline(
-            scheduler=self.scheduler, vae=self.vae, text_encoder=None, tokenizer=None, transformer=transformer
-        )
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self.family.pipeline_from_parts(transformer, self.vae, self.scheduler)
         frames = generate(pipe, None, self.cfg, self.text)
         path = self.out_dir / f"step-{step:08d}.mp4"
         write_video(path, frames, self.cfg.fps)

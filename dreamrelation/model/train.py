@@ -8,7 +8,8 @@ latent normalization. Each step:
    HMT group (METHOD.md §3), caption dropout, the noise level s ~ U(0, 1) and the noise eps;
 2. activate exactly the group's adapters (idle adapters get no gradient and no optimizer
    update: no momentum, no weight decay; they stay bit-identical);
-3. x_s = (1 - s) z0 + s eps, t = 1000 (1 - s), target v = z0 - eps (METHOD.md §1);
+3. x_s = (1 - s) z0 + s eps, and the base family's timestep and target: on Mochi t = 1000 (1 - s),
+   v = z0 - eps (METHOD.md §1); on Wan t = 1000 s, v = eps - z0 (§9);
 4. L = L_rec (mask-weighted, §3) + lambda_1 L_RCL (§4; on every step, or with
    `rcl_branches="relation"` only on relation-branch steps, which alone then feed the banks);
    AdamW, warmup + cosine.
@@ -50,16 +51,9 @@ from tqdm.auto import tqdm
 from dreamrelation.data.previews import format_sig
 from dreamrelation.model import lora, numerics
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
-from dreamrelation.model.joint_attention import trim_text_padding
+from dreamrelation.model.families import family_of, family_of_model, resolve_model_dir
+from dreamrelation.model.family import LatentNorm, ModelFamily, normalize_latents, resolve_device, resolve_dtype
 from dreamrelation.model.losses import MemoryBank, masked_flow_loss, relational_contrastive_step
-from dreamrelation.model.mochi import (
-    LatentNorm,
-    load_transformer,
-    normalize_latents,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_dir,
-)
 from dreamrelation.model.sample import TrainingSampler
 
 log = logging.getLogger("dreamrelation.train")
@@ -80,7 +74,7 @@ class TrainClip:
     clip_id: str
     latent_mean: torch.Tensor  # (C, f, h, w) raw VAE posterior mean
     latent_logvar: torch.Tensor  # (C, f, h, w) raw VAE posterior log-variance
-    text_embeds: torch.Tensor  # (L, D) T5 features
+    text_embeds: torch.Tensor  # (L, D) text features (T5 on Mochi, UMT5 zero-padded on Wan)
     text_mask: torch.Tensor  # (L,) bool
     latent_masks: torch.Tensor  # (f, 3, h, w) in [0, 1]: S1, S2, R
 
@@ -108,6 +102,7 @@ class TrainState:
     """Everything a step changes, plus the fixed objects it needs."""
 
     transformer: torch.nn.Module
+    family: ModelFamily  # the base's conventions: timestep, target, how the DiT is called
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LambdaLR
     pos_bank: MemoryBank
@@ -124,25 +119,10 @@ class TrainState:
 # --------------------------------------------------------------------------- rectified flow
 
 
-def timestep_from_noise_level(s: torch.Tensor) -> torch.Tensor:
-    """t = 1000 (1 - s): the pipeline's first call is t = 0 on pure noise (s = 1) (METHOD.md §1)."""
-    return 1000.0 * (1.0 - s)
-
-
-def noise_level_from_timestep(t: torch.Tensor) -> torch.Tensor:
-    """Inverse of `timestep_from_noise_level`."""
-    return 1.0 - t / 1000.0
-
-
 def add_noise(z0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """x_s = (1 - s) z0 + s eps, with s of shape (B,) broadcast over (B, C, f, h, w)."""
+    """x_s = (1 - s) z0 + s eps, with s of shape (B,) broadcast over (B, C, f, h, w) (METHOD.md §1, §9)."""
     s = s.view(-1, *([1] * (z0.ndim - 1)))
     return (1.0 - s) * z0 + s * eps
-
-
-def flow_target(z0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The velocity the transformer predicts: v = z0 - eps."""
-    return z0 - eps
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -162,17 +142,18 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def build_state(
-    cfg: TrainConfig, model_dir: str | Path, device: torch.device, dtype: torch.dtype
+    cfg: TrainConfig, family: ModelFamily, model_dir: str | Path, device: torch.device, dtype: torch.dtype
 ) -> TrainState:
-    """Load the base transformer, add the LoRAs, and make the optimizer, schedule and banks."""
-    return init_state(cfg, load_transformer(model_dir, dtype=dtype, device=device), device, dtype)
+    """Load the base transformer of `family`, add the LoRAs, and make the optimizer, schedule and banks."""
+    return init_state(cfg, family.load_transformer(model_dir, dtype=dtype, device=device), device, dtype)
 
 
 def init_state(
     cfg: TrainConfig, transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype
 ) -> TrainState:
     """The training state around a base `transformer` (already in `dtype`): freeze it, add the
-    LoRAs (float32), and make the optimizer, schedule and the memory banks on `device`."""
+    LoRAs (float32), and make the optimizer, schedule and the memory banks on `device`. The family's
+    conventions follow from the transformer's class."""
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # LoRA A matrices: same seed, same initial weights
         torch.manual_seed(cfg.seed)
@@ -189,6 +170,7 @@ def init_state(
     )
     return TrainState(
         transformer=transformer,
+        family=family_of_model(transformer),
         optimizer=optimizer,
         lr_scheduler=schedule,
         pos_bank=MemoryBank(cfg.pos_bank_size, device),
@@ -251,12 +233,12 @@ def train_step(
         lora.activate_adapters(state.transformer, adapters)
         state.active = tuple(adapters)
 
-    # 3. rectified-flow noising (METHOD.md §1)
+    # 3. rectified-flow noising, in the base family's convention (METHOD.md §1, §9)
     x = add_noise(z0, eps, s).to(device, state.dtype)
-    t = timestep_from_noise_level(s).to(device)
-    target = flow_target(z0, eps).to(device)
+    t = state.family.timestep(s).to(device)
+    target = state.family.flow_target(z0, eps).to(device)
     embeds, mask = empty_text if drop_caption else (clip.text_embeds, clip.text_mask)
-    embeds, mask = trim_text_padding(embeds.to(device, state.dtype).unsqueeze(0), mask.to(device).bool().unsqueeze(0))
+    embeds, mask = embeds.to(device, state.dtype).unsqueeze(0), mask.to(device).bool().unsqueeze(0)
     loss_mask = None
     if group in MASK_INDEX and not direct:
         loss_mask = clip.latent_masks[:, MASK_INDEX[group]].to(device).unsqueeze(0)
@@ -264,13 +246,7 @@ def train_step(
     # 4. loss (METHOD.md §3, §4); forward and backward share the numerics (numerics.py)
     with numerics.deterministic_mode(cfg.deterministic):
         with numerics.autocast(device, state.dtype):
-            v_pred = state.transformer(
-                hidden_states=x,
-                encoder_hidden_states=embeds,
-                timestep=t,
-                encoder_attention_mask=mask,
-                return_dict=False,
-            )[0]
+            v_pred = state.family.predict(state.transformer, x, t, embeds, mask)
         loss_rec = masked_flow_loss(v_pred, target, loss_mask, cfg.lambda_m)
         loss_rcl = None
         if cfg.rcl and not direct and (cfg.rcl_branches == "all" or group in RELATION_BRANCHES):
@@ -405,9 +381,9 @@ def train(
 
     `empty_text` is (embeds (L, D), mask (L,)) of the empty prompt, for caption dropout.
     `vae_norm` is the VAE config (or `LatentNorm`) whose latents_mean / latents_std /
-    scaling_factor normalize the latents as `MochiPipeline` un-normalizes them.
+    scaling_factor normalize the latents as the family's pipeline un-normalizes them.
     `stop_at` stops after that step as if interrupted (no export); `sampler(transformer, step)`
-    replaces the default periodic sampler (relation + FFN LoRAs through `MochiPipeline`);
+    replaces the default periodic sampler (relation + FFN LoRAs through the family's pipeline);
     `on_step(record)` is called after every step with its record (progress reporting); the
     losses are logged every `cfg.log_every` steps and at the first and last step of the run,
     while `metrics.jsonl` gets every step;
@@ -420,10 +396,11 @@ def train(
     _check_clips(clips, cfg)
     if cfg.lora.mode == "direct" and (cfg.hmt or cfg.rcl):
         log.info("direct LoRA baseline: plain loss (mask weighting and the contrastive loss are off)")
+    family = family_of(base)
     model_dir = resolve_model_dir(base)
     device = resolve_device(base)
     dtype = resolve_dtype(base, device)
-    state = build_state(cfg, model_dir, device, dtype)
+    state = build_state(cfg, family, model_dir, device, dtype)
 
     checkpoints = checkpoint_dirs(run_dir)
     resumed_from = 0
@@ -436,7 +413,7 @@ def train(
 
     last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     if sampler is None and cfg.sample_every > 0 and state.step < last_step:
-        sampler = TrainingSampler(model_dir, cfg.sample, cfg.sample_prompt, run_dir / "samples", device, dtype)
+        sampler = TrainingSampler(family, model_dir, cfg.sample, cfg.sample_prompt, run_dir / "samples", device, dtype)
 
     record = _last_record(metrics_path)
     first_step = state.step + 1

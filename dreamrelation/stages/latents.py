@@ -96,17 +96,14 @@ def encode_captions(
     """T5 features of every caption (clips not in `failures`) and of "" into `<location>/text.zarr`."""
     import torch  # deferred: heavy, see the module docstring
 
-    from dreamrelation.model.mochi import (  # deferred: heavy
-        encode_text,
-        load_text_encoder,
-        overlong_captions,
-        resolve_device,
-        resolve_dtype,
-    )
+    from dreamrelation.model.families import family_of  # deferred: heavy
+    from dreamrelation.model.family import overlong_captions, resolve_device, resolve_dtype  # deferred: heavy
 
+    family = family_of(model)
     device = resolve_device(model)
-    tokenizer, encoder = load_text_encoder(model_dir, resolve_dtype(model, device), device)
+    tokenizer, encoder = family.load_text_encoder(model_dir, resolve_dtype(model, device), device)
     length, width = config.max_text_length, encoder.config.d_model
+    encode_text = family.encode_text
     group = zarr.open_group(zarr_location(f"{location}/{TEXT_STORE}"), mode="w")
     embeds = _create(group, "embeds", (len(manifest.clips), length, width), "float32", np.nan)
     masks = _create(group, "mask", (len(manifest.clips), length), "bool", False)
@@ -150,16 +147,12 @@ def encode_videos(
     """VAE posterior mean/logvar of every clip into `<location>/latents.zarr`; returns the VAE norm."""
     import torch  # deferred: heavy, see the module docstring
 
-    from dreamrelation.model.mochi import (  # deferred: heavy
-        LatentNorm,
-        encode_video,
-        load_vae,
-        resolve_device,
-        resolve_dtype,
-    )
+    from dreamrelation.model.families import family_of  # deferred: heavy
+    from dreamrelation.model.family import LatentNorm, resolve_device, resolve_dtype  # deferred: heavy
 
+    family = family_of(model)
     device = resolve_device(model)
-    vae = load_vae(model_dir, resolve_dtype(model, device), device)
+    vae = family.load_vae(model_dir, resolve_dtype(model, device), device)
     vae.eval()
     if use_vae_tiling(config, video):
         vae.enable_tiling()
@@ -173,7 +166,7 @@ def encode_videos(
 
     def encode_batch(batch: list[tuple[int, ClipRecord, np.ndarray]]) -> None:
         try:
-            mean, logvar = encode_video(vae, torch.stack([video_tensor(frames) for _, _, frames in batch]))
+            mean, logvar = family.encode_video(vae, torch.stack([video_tensor(frames) for _, _, frames in batch]))
         except Exception as exc:  # a failed batch is retried clip by clip to find the culprit
             if len(batch) > 1:
                 for item in batch:
@@ -236,7 +229,7 @@ def encode_latents(
     `progress(done)` is called as clips go through the VAE. Returns the summary: clip count,
     encoded/failed counts and the failure reasons.
     """
-    from dreamrelation.model.mochi import resolve_model_dir  # deferred: heavy (diffusers), see the module docstring
+    from dreamrelation.model.families import resolve_model_dir  # deferred: heavy (diffusers), see the module docstring
 
     model_dir = str(resolve_model_dir(model))
     failures = {c.clip_id: "no caption: run write_captions first" for c in manifest.clips if not c.caption}
@@ -285,4 +278,5 @@ def _stage_attrs(manifest: Manifest, fingerprint: str, model: BaseModelConfig, m
 
 
 def _model_identity(model: BaseModelConfig, model_dir: str) -> dict[str, Any]:
-    return {"profile": model.profile, "model_dir": model_dir, "tiny_seed": model.tiny_seed, "dtype": model.dtype}
+    return {"family": model.family, "profile": model.profile, "model_dir": model_dir, "tiny_seed": model.tiny_seed,
+            "dtype": model.dtype}

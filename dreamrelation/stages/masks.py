@@ -174,7 +174,7 @@ def make_masks(
         except Exception as exc:  # one bad clip must not stop the stage; the reason is kept
             record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         if record["status"] == "ok":
-            record.update(_write_clip(result, i, clip.clip_id, pixel, latent, fs, root, config))
+            record.update(_write_clip(result, i, clip.clip_id, pixel, latent, fs, root, config, video))
         else:
             log.warning("make_masks: %s %s: %s", record["status"], clip.clip_id, record["reason"])
         records.append(record)
@@ -205,11 +205,11 @@ def make_masks(
 
 def _write_clip(
     result: ClipMasks, row: int, clip_id: str, pixel: zarr.Array, latent: zarr.Array,
-    fs: fsspec.AbstractFileSystem, root: str, config: MaskConfig,
+    fs: fsspec.AbstractFileSystem, root: str, config: MaskConfig, video: VideoConfig,
 ) -> dict[str, Any]:
     """Store one clip's packed pixel masks, latent masks and preview; return its record fields."""
     pixel[row] = pack_masks(result.pixel)
-    latent[row] = latent_masks(result.pixel)
+    latent[row] = latent_masks(result.pixel, video.temporal_compression)
     preview = preview_image(result.frames, result.pixel, config.preview_frames, config.preview_width)
     fs.makedirs(f"{root}/{PREVIEWS_DIR}", exist_ok=True)
     fs.pipe_file(f"{root}/{PREVIEWS_DIR}/{clip_id}.png", png_bytes(preview))

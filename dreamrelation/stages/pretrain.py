@@ -32,7 +32,7 @@ from dreamrelation.data.store import fingerprint
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import sample_specs
 from dreamrelation.evaluation.toy import as_records, judge_generations, reconstruction_report, summarize
-from dreamrelation.model.mochi import load_pipeline
+from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.pretrain import (
     PretrainConfig,
     build_models,
@@ -139,7 +139,7 @@ def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | 
 
     recon = reconstruction_report(vae, render_set(cfg, cfg.gates.reconstruction_clips, cfg.world.relations, phase=6))
     prompts = sample_specs(cfg.world, cfg.gates.prompts, relations=cfg.seen_relations, seed=cfg.seed + 7919)
-    judged, _ = judge_generations(load_pipeline(model_dir), prompts, cfg.world, cfg.gates.sample,
+    judged, _ = judge_generations(MOCHI.load_pipeline(model_dir), prompts, cfg.world, cfg.gates.sample,
                                   on_video=None if progress is None else (lambda i, n: progress("gates", i, n)))
     measured = {"reconstruction": recon, "generation": summarize(judged)}
     gates = {name: {"value": float(measured[part][key]), "threshold": limit, "passed": bool(measured[part][key] >= limit)}
@@ -191,7 +191,7 @@ def export_base(folder: str | Path, out: str | Path, base_fingerprint: str) -> P
         raise ExportError(f"{folder} is not a finished toy base (no {GATES_FILE})")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe = load_pipeline(folder / MODEL_DIR)
+    pipe = MOCHI.load_pipeline(folder / MODEL_DIR)
     for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
         component.to(torch.float16)  # per model: a float16 *pipeline* on CPU makes diffusers warn
     pipe.save_pretrained(tmp / MODEL_DIR, safe_serialization=True)

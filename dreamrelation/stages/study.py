@@ -35,7 +35,8 @@ from dreamrelation.evaluation.config import STUDY_METRICS, StudyConfig
 from dreamrelation.evaluation.toy import as_records, judge_generations, summarize
 from dreamrelation.model.analysis import subspace_similarity
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
-from dreamrelation.model.mochi import LatentNorm, encode_text, load_text_encoder, load_vae
+from dreamrelation.model.family import LatentNorm
+from dreamrelation.model.mochi import MOCHI, encode_text
 from dreamrelation.model.pretrain import videos_to_tensor
 from dreamrelation.model.sample import load_inference_pipeline
 from dreamrelation.model.train import TrainClip, checkpoint_dirs, read_metrics, train
@@ -71,8 +72,8 @@ def prompt_specs(cfg: StudyConfig, world: WorldConfig, relation: str) -> list[Cl
 @torch.no_grad()
 def exemplar_clips(specs: list[ClipSpec], world: WorldConfig, model_dir: Path) -> tuple[list[TrainClip], Any, Any]:
     """TrainClips (VAE posterior, T5 features, ground-truth latent masks), the empty prompt, the VAE config."""
-    vae = load_vae(model_dir)
-    tokenizer, text_encoder = load_text_encoder(model_dir)
+    vae = MOCHI.load_vae(model_dir)
+    tokenizer, text_encoder = MOCHI.load_text_encoder(model_dir)
     clips = []
     for i, spec in enumerate(specs):
         clip = render_clip(spec, world)
@@ -109,7 +110,7 @@ def run_one(
         clips, empty, vae_norm = training
         result = train(clips, empty, vae_norm, method_train_config(method, cfg.train, seed), run_dir, base)
         lora_path = result.lora_path
-    pipe = load_inference_pipeline(model_dir, lora_path)
+    pipe = load_inference_pipeline(MOCHI, model_dir, lora_path)
     sample = cfg.sample.model_copy(update={"seed": 1000 * seed})
     judged, kept = judge_generations(pipe, prompts, world, sample, keep=cfg.strip_prompts)
     for i, frames in enumerate(kept):

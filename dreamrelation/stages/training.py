@@ -19,7 +19,7 @@ import zarr
 
 from dreamrelation.data.masks import MASKS_STORE
 from dreamrelation.data.store import zarr_location
-from dreamrelation.model.mochi import LatentNorm
+from dreamrelation.model.family import LatentNorm
 from dreamrelation.model.train import TrainClip
 from dreamrelation.stages.latents import LATENTS_STORE, TEXT_STORE
 
