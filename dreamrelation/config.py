@@ -33,7 +33,7 @@ from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
 from dreamrelation.evaluation.config import EvalConfig, EvalMethod, StudyConfig
-from dreamrelation.model.config import BaseModelConfig, PretrainConfig, TrainConfig
+from dreamrelation.model.config import FAMILY_TEXT_LENGTH, BaseModelConfig, PretrainConfig, TrainConfig
 from dreamrelation.stages.latents import LatentConfig
 
 log = logging.getLogger("dreamrelation.config")
@@ -123,6 +123,27 @@ class PipelineConfig(StrictConfig):
     def trained_methods(self) -> list[EvalMethod]:
         """The evaluation methods whose LoRA the train_relation stage trains beside the relation's own."""
         return [method for method in self.evaluate.methods if method.source == "trained"]
+
+    @model_validator(mode="after")
+    def _clips_and_text_fit_the_family(self) -> PipelineConfig:
+        """Clips, samples and text features follow the base family (METHOD.md §1, §9): its VAE's T_c and the
+        text length its pipeline encodes prompts to (on Wan, whose padding is unmasked zeros, the length changes the output)."""
+        family, factor = self.model.family, self.model.temporal_compression
+        if self.video.temporal_compression != factor:
+            raise ValueError(
+                f"model.family={family} compresses time by {factor}, but video.temporal_compression is "
+                f"{self.video.temporal_compression}: set video.temporal_compression={factor} and video.num_frames "
+                f"to {factor}k+1 (e.g. {factor * 20 + 1})"
+            )
+        for where, sample in (("train.sample", self.train.sample), ("evaluate.sample", self.evaluate.sample)):
+            if (sample.frames - 1) % factor:
+                raise ValueError(f"{where}.frames={sample.frames}: model.family={family} generates {factor}k+1 frames")
+        if self.latents.max_text_length != FAMILY_TEXT_LENGTH[family]:
+            raise ValueError(
+                f"latents.max_text_length={self.latents.max_text_length}: the model.family={family} pipeline encodes "
+                f"prompts to {FAMILY_TEXT_LENGTH[family]} tokens, and training features must be made the same way"
+            )
+        return self
 
     @model_validator(mode="after")
     def _real_runs_need_real_mask_models(self) -> PipelineConfig:
@@ -225,7 +246,7 @@ def read_config_data(source: str | Path | None, overrides: list[str] | None) -> 
     data: dict[str, Any] = {}
     if source is not None:
         path = Path(source)
-        if not path.suffix and not path.exists():
+        if not path.exists() and (CONFIG_DIR / f"{source}.yaml").is_file():  # a preset name (may hold dots)
             path = CONFIG_DIR / f"{source}.yaml"
         if not path.is_file():
             presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))

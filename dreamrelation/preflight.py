@@ -59,16 +59,16 @@ def check_model(model: BaseModelConfig) -> None:
     """The base model folder is complete, or will be built (demo, no model_dir) or downloaded (allow_download)."""
     if model.profile == "demo" and model.model_dir is None:
         return  # the tiny demo model, built under models_cache on first use
-    from dreamrelation.model.families import family_of  # deferred: heavy (torch, diffusers)
+    from dreamrelation.model.families import family_of, hub_repo  # deferred: heavy (torch, diffusers)
     from dreamrelation.model.family import ModelFolderError, missing_components  # deferred: heavy (torch, diffusers)
 
     family = family_of(model)
-    folder = Path(model.model_dir) if model.model_dir else Path(model.models_cache) / family.hub_repo.split("/")[-1]
+    folder = Path(model.model_dir) if model.model_dir else Path(model.models_cache) / hub_repo(model).split("/")[-1]
     if model.profile != "demo" and model.allow_download and missing_components(folder):
         return  # fetched at run time, as asked
     if model.model_dir is None and missing_components(folder):
         raise InputError(
-            f"model.model_dir: profile '{model.profile}' needs model_dir, a local folder with {family.hub_repo} in the "
+            f"model.model_dir: profile '{model.profile}' needs model_dir, a local folder with {hub_repo(model)} in the "
             f"diffusers layout (nothing at {folder}, the default under model.models_cache); "
             "or set model.allow_download=true"
         )

@@ -44,8 +44,11 @@ def vae_config(tiny_dir: Path):
     return MOCHI.load_vae(tiny_dir).config
 
 
-def make_clips(text: Text, n: int = 2, shape: tuple[int, int, int] = (3, 4, 4), seed: int = 0) -> list[TrainClip]:
-    """Random clips with random (binary-ish) subject masks and their union as relation mask."""
+def make_clips(
+    text: Text, n: int = 2, shape: tuple[int, int, int] = (3, 4, 4), seed: int = 0, channels: int = 12
+) -> list[TrainClip]:
+    """Random clips (12 latent channels: Mochi; 16: Wan) with random (binary-ish) subject masks and
+    their union as relation mask."""
     f, h, w = shape
     g = torch.Generator().manual_seed(seed)
     clips = []
@@ -56,8 +59,8 @@ def make_clips(text: Text, n: int = 2, shape: tuple[int, int, int] = (3, 4, 4), 
         clips.append(
             TrainClip(
                 clip_id=f"clip{i}",
-                latent_mean=torch.randn(12, f, h, w, generator=g),
-                latent_logvar=torch.full((12, f, h, w), -4.0),
+                latent_mean=torch.randn(channels, f, h, w, generator=g),
+                latent_logvar=torch.full((channels, f, h, w), -4.0),
                 text_embeds=text.embeds,
                 text_mask=text.mask,
                 latent_masks=masks,
@@ -82,5 +85,5 @@ def tiny_train_config(**update) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
-def cpu_base(model_dir: Path) -> BaseModelConfig:
-    return BaseModelConfig(profile="demo", model_dir=str(model_dir), device="cpu", dtype="float32")
+def cpu_base(model_dir: Path, family: str = "mochi") -> BaseModelConfig:
+    return BaseModelConfig(family=family, profile="demo", model_dir=str(model_dir), device="cpu", dtype="float32")

@@ -13,8 +13,9 @@ from diffusers import MochiTransformer3DModel, WanTransformer3DModel
 from safetensors import safe_open
 
 from dreamrelation.model import lora
+from dreamrelation.model.wan import WAN_LAYOUT
 from dreamrelation.model.config import LoraTripletConfig
-from dreamrelation.model.mochi import MOCHI
+from dreamrelation.model.mochi import MOCHI, MOCHI_LAYOUT
 
 
 def lora_modules(model: torch.nn.Module, adapter: str) -> set[str]:
@@ -81,14 +82,14 @@ def test_wan_cross_attention_switch_adds_attn2_query_and_mochi_refuses_it() -> N
     assert not any(".attn2." in m for a in ("subject1", "subject2", "ffn") for m in lora_modules(model, a))
     cross = LoraTripletConfig(relation_cross_attention=True)  # HMT's groups do not depend on the family
     assert lora.select_lora_group("relation", cross) == ["relation", "subject1", "subject2", "ffn"]
-    assert lora.adapter_names(cross) == list(lora.adapter_targets(cross, lora.WAN_LAYOUT)) == list(lora.ADAPTERS)
+    assert lora.adapter_names(cross) == list(lora.adapter_targets(cross, WAN_LAYOUT)) == list(lora.ADAPTERS)
     direct = WanTransformer3DModel(**tiny)
     lora.add_relation_loras(direct, LoraTripletConfig(rank=2, alpha=2, mode="direct"))
     assert lora_modules(direct, "direct") == {
         f"blocks.{i}.attn1.{p}" for i in range(2) for p in ("to_q", "to_k", "to_v", "to_out.0")
     }
     with pytest.raises(ValueError, match="relation_cross_attention needs a model with cross-attention; mochi"):
-        lora.adapter_targets(LoraTripletConfig(relation_cross_attention=True), lora.MOCHI_LAYOUT)
+        lora.adapter_targets(LoraTripletConfig(relation_cross_attention=True), MOCHI_LAYOUT)
     with pytest.raises(TypeError, match="Mochi or Wan transformer, not Linear"):
         lora.add_relation_loras(torch.nn.Linear(2, 2), LoraTripletConfig())
 

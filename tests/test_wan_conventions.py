@@ -12,13 +12,15 @@ from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DMode
 
 from dreamrelation.data.masks import latent_masks
 from dreamrelation.model.train import add_noise
+from dreamrelation.model.wan import WAN
 
 TINY_WAN = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, ffn_dim=32, text_dim=16, freq_dim=16,
                 rope_max_seq_len=32)
 
 
 def test_wan_pipeline_trajectory_is_the_training_noising_with_t_1000_sigma_and_target_eps_minus_z0() -> None:
-    """Feed `WanPipeline` the exact velocity eps - z0 of a known pair. Every (x_i, t_i) it gives
+    """Feed `WanPipeline` the exact velocity of a known pair as the training computes it (`WAN.flow_target`:
+    eps - z0). Every (x_i, t_i) it gives
     the transformer must be x = (1 - sigma) z0 + sigma eps (the same noising as on Mochi) at
     sigma = t_i / 1000 (to the scheduler's integer timestep: t = 1000 is pure noise, the
     opposite of Mochi's t = 1000 (1 - sigma)), and the result must be z0."""
@@ -32,13 +34,13 @@ def test_wan_pipeline_trajectory_is_the_training_noising_with_t_1000_sigma_and_t
         lambda module, args, kwargs: seen.append((kwargs["hidden_states"].clone(), kwargs["timestep"].clone())),
         with_kwargs=True,
     )
-    transformer.register_forward_hook(lambda module, args, kwargs, output: (eps - z0,), with_kwargs=True)
+    transformer.register_forward_hook(lambda module, args, kwargs, output: (WAN.flow_target(z0, eps),), with_kwargs=True)
     out = pipe(prompt_embeds=torch.randn(1, 5, 16), latents=eps, height=32, width=32, num_frames=9,
                num_inference_steps=8, guidance_scale=1.0, output_type="latent").frames
 
     assert len(seen) == 8 and seen[0][1].item() == 999  # pure noise first, at t ~ 1000
     for (x, t), sigma in zip(seen, pipe.scheduler.sigmas):
-        assert 0 <= 1000 * sigma.item() - t.item() < 1  # t = 1000 sigma, truncated to an integer
+        assert 0 <= WAN.timestep(sigma).item() - t.item() < 1  # the training's t = 1000 sigma, truncated by the pipeline
         assert torch.allclose(x, add_noise(z0, eps, sigma.reshape(1)), atol=1e-5), f"t={t.item()}"
         assert not torch.allclose(x, add_noise(z0, eps, 1 - sigma.reshape(1)), atol=1e-2)  # not Mochi's t
     assert torch.allclose(out, z0, atol=1e-5)

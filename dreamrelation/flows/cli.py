@@ -49,7 +49,7 @@ app = typer.Typer(
 
 #: Where `demo --own-folder` exports its folder dataset (the own-folder preset reads it from there).
 OWN_FOLDER_DEMO = ".dreamrelation/demo/own-folder"
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (demo, mochi-1, own-folder) or YAML file; default: demo")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (demo, mochi-1, wan-demo, wan2.1-t2v-1.3b, ... see configs/) or YAML file; default: demo")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value: key.path=value (repeatable)")]
 RelationOpt = Annotated[str, typer.Option("--relation", "-r", help="Relation id, e.g. A058 (handshaking), or a folder dataset's folder name")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild artifacts even if they are complete")]

@@ -65,7 +65,13 @@ class BaseModelConfig(StrictConfig):
         "from the Hugging Face Hub when `model_dir` is missing. Off by default: nothing is ever downloaded at run time.",
     )
 
-    added_later: ClassVar[dict[str, Any]] = {"family": "mochi"}
+    hub_repo: str | None = Field(
+        default=None,
+        description="Hugging Face repository `allow_download` fetches; empty: the family's (genmo/mochi-1-preview, "
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers). Set it for another size, e.g. Wan-AI/Wan2.1-T2V-14B-Diffusers.",
+    )
+
+    added_later: ClassVar[dict[str, Any]] = {"family": "mochi", "hub_repo": None}
 
     @model_validator(mode="after")
     def _profile_fits_family(self) -> BaseModelConfig:
@@ -157,9 +163,9 @@ class LoraTripletConfig(StrictConfig):
 class SampleConfig(StrictConfig):
     """Sampling with the base model plus the inference LoRA (METHOD.md §5)."""
 
-    steps: int = Field(default=64, ge=1, description="Euler steps of the MochiPipeline.")
-    guidance: float = Field(default=6.0, ge=0, description="Classifier-free guidance scale (1 = off).")
-    frames: FrameCount = Field(default=61, description="Frames to generate; must be 6k+1.")
+    steps: int = Field(default=64, ge=1, description="Denoising steps of the pipeline (Mochi-1: 64 Euler; Wan: 50 UniPC).")
+    guidance: float = Field(default=6.0, ge=0, description="Classifier-free guidance scale (1 = off; Wan uses 5).")
+    frames: FrameCount = Field(default=61, description="Frames to generate; T_c k + 1 (Mochi-1 6k+1, Wan 4k+1).")
     height: FrameSide = Field(default=480, description="Height in pixels (multiple of 16).")
     width: FrameSide = Field(default=848, description="Width in pixels (multiple of 16).")
     fps: float = Field(default=30.0, gt=0, description="Frame rate of the written video.")

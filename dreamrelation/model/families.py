@@ -31,6 +31,11 @@ def family_of_model(transformer: torch.nn.Module) -> ModelFamily:
     raise TypeError(f"{type(transformer).__name__} is not the transformer of a known base model ({names})")
 
 
+def hub_repo(cfg: BaseModelConfig) -> str:
+    """The repository `allow_download` fetches: `model.hub_repo`, else the family's."""
+    return cfg.hub_repo or family_of(cfg).hub_repo
+
+
 def resolve_model_dir(cfg: BaseModelConfig) -> Path:
     """The local model folder for `cfg`: the family's tiny model (built on first use) or the given folder."""
     family = family_of(cfg)
@@ -44,15 +49,16 @@ def resolve_model_dir(cfg: BaseModelConfig) -> Path:
             folder, family.title, family.preset,
         )
         return folder
-    folder = Path(cfg.model_dir) if cfg.model_dir else Path(cfg.models_cache) / family.hub_repo.split("/")[-1]
+    repo = hub_repo(cfg)
+    folder = Path(cfg.model_dir) if cfg.model_dir else Path(cfg.models_cache) / repo.split("/")[-1]
     if missing_components(folder) and cfg.allow_download:
         from huggingface_hub import snapshot_download  # deferred: only when a download is allowed
 
-        log.info("downloading %s to %s (allow_download is set)", family.hub_repo, folder)
-        snapshot_download(family.hub_repo, local_dir=folder)
+        log.info("downloading %s to %s (allow_download is set)", repo, folder)
+        snapshot_download(repo, local_dir=folder)
     if cfg.model_dir is None and missing_components(folder):
         raise ModelFolderError(
-            f"profile '{cfg.profile}' needs model_dir: a local folder with {family.hub_repo} in the diffusers layout "
-            f"(`huggingface-cli download {family.hub_repo} --local-dir <folder>`)."
+            f"profile '{cfg.profile}' needs model_dir: a local folder with {repo} in the diffusers layout "
+            f"(`huggingface-cli download {repo} --local-dir <folder>`)."
         )
     return family.check_model_dir(folder)

@@ -35,6 +35,16 @@ TextEncoder = Callable[[Any, torch.nn.Module, list[str], int], tuple[torch.Tenso
 Predict = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where a model family's attention projections live (METHOD.md §2 for Mochi, §9 for Wan)."""
+
+    family: str
+    block: str  # regex of one block's self-attention (or joint attention) module
+    projections: Mapping[str, tuple[str, ...]]  # q / k / v / out -> module names in `block`, one per stream
+    cross_query: str | None = None  # regex of the cross-attention query; None under joint attention
+
+
 class ModelFolderError(FileNotFoundError):
     """A model folder is missing or incomplete; the message says what is missing and how to get it."""
 
@@ -49,7 +59,9 @@ class ModelFamily:
     weights_profile: str  # the `model.profile` that reads real weights
     preset: str  # the config preset for those weights (`-c <preset>`)
     temporal_compression: int  # T_c of the VAE: clips of T_c k + 1 frames
+    latent_channels: int  # channels of the VAE's latents (the pipeline assumes them)
     max_text_length: int  # tokens the pipeline encodes a prompt to
+    layout: AttentionLayout  # where the relation LoRA triplet goes (`model.lora`)
     transformer_class: type
     vae_class: type
     text_encoder_class: type

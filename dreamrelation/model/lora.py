@@ -19,7 +19,8 @@ The `direct` baseline (METHOD.md §6) is one adapter named `direct` on Q, K, V a
 On Wan (METHOD.md §9; issue 23) attention is not joint: the same adapters sit on the
 self-attention `blocks.N.attn1` only (relation on `to_q`, `to_k`; subjects on `to_v`; FFN on
 `to_out.0`), and `LoraTripletConfig.relation_cross_attention` adds the cross-attention query
-`attn2.to_q` to the relation adapter. `attention_layout` picks the layout from the model class.
+`attn2.to_q` to the relation adapter. `attention_layout` picks the layout (`ModelFamily.layout`)
+from the model class.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import MochiPipeline, MochiTransformer3DModel, WanTransformer3DModel
 from peft import LoraConfig
 from torch import nn
 
 from dreamrelation.model.config import LoraTripletConfig
+from dreamrelation.model.families import family_of_model
+from dreamrelation.model.family import AttentionLayout
+from dreamrelation.model.mochi import MOCHI_LAYOUT
 
 log = logging.getLogger("dreamrelation.model")
 
@@ -55,40 +57,13 @@ GROUP_ADAPTERS = {
 #: Adapters kept for inference (METHOD.md §5): subject adapters are never exported.
 INFERENCE_ADAPTERS = ("relation", "ffn", DIRECT)
 
-@dataclass(frozen=True)
-class AttentionLayout:
-    """Where a model family's attention projections live (METHOD.md §2 for Mochi, §9 for Wan)."""
-
-    family: str
-    block: str  # regex of one block's self-attention (or joint attention) module
-    projections: Mapping[str, tuple[str, ...]]  # q / k / v / out -> module names in `block`, one per stream
-    cross_query: str | None = None  # regex of the cross-attention query; None under joint attention
-
-
-#: Mochi's joint attention: per projection (vision-stream module, text-stream module).
-MOCHI_LAYOUT = AttentionLayout("mochi", r"transformer_blocks\.\d+\.attn1", {
-    "q": ("to_q", "add_q_proj"),
-    "k": ("to_k", "add_k_proj"),
-    "v": ("to_v", "add_v_proj"),
-    "out": (r"to_out\.0", "to_add_out"),
-})
-#: Wan's self-attention over video tokens; the text enters through `attn2` (cross-attention).
-WAN_LAYOUT = AttentionLayout(
-    "wan", r"blocks\.\d+\.attn1",
-    {"q": ("to_q",), "k": ("to_k",), "v": ("to_v",), "out": (r"to_out\.0",)},
-    cross_query=r"blocks\.\d+\.attn2\.to_q",
-)
 _POSITIONS = {"V": ("v",), "Q": ("q",), "KV": ("k", "v"), "QK": ("q", "k")}
 _LORA_PARAM = re.compile(r"\.lora_[AB]\.([^.]+)\.weight$")
 
 
 def attention_layout(transformer: nn.Module) -> AttentionLayout:
-    """The layout of a diffusers Mochi or Wan transformer (or a subclass)."""
-    if isinstance(transformer, WanTransformer3DModel):
-        return WAN_LAYOUT
-    if isinstance(transformer, MochiTransformer3DModel):
-        return MOCHI_LAYOUT
-    raise TypeError(f"relation LoRAs go on a Mochi or Wan transformer, not {type(transformer).__name__}")
+    """The attention layout of a diffusers Mochi or Wan transformer (its family's, by class)."""
+    return family_of_model(transformer).layout
 
 
 def target_regex(projections: Sequence[str], layout: AttentionLayout = MOCHI_LAYOUT) -> str:
@@ -259,15 +234,17 @@ def export_inference_lora(
 ) -> Path:
     """Write relation + FFN (or the direct baseline) as one safetensors file (METHOD.md §5 Export).
 
-    Saved with `MochiPipeline.save_lora_weights`, so keys carry the `transformer.` prefix that
-    `MochiPipeline.load_lora_weights` requires (without it the loader silently loads nothing).
+    Saved with the family pipeline's `save_lora_weights` (`MochiPipeline`, `WanPipeline`), so keys
+    carry the `transformer.` prefix its `load_lora_weights` requires (without it the loader
+    silently loads nothing).
     The file is written in a temporary folder and moved into place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = inference_state_dict(transformer, adapters)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
-        MochiPipeline.save_lora_weights(tmp, transformer_lora_layers=state, weight_name=path.name)
+        pipeline = family_of_model(transformer).pipeline_class
+        pipeline.save_lora_weights(tmp, transformer_lora_layers=state, weight_name=path.name)
         os.replace(Path(tmp) / path.name, path)
     readable_by_all(path)
     log.info("exported inference LoRA (%d tensors) to %s", len(state), path)

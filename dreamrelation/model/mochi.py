@@ -27,7 +27,7 @@ from diffusers import (
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from dreamrelation.model.config import FAMILY_TEMPORAL_COMPRESSION, FAMILY_TEXT_LENGTH, WEIGHTS_PROFILE
-from dreamrelation.model.family import ModelFamily
+from dreamrelation.model.family import AttentionLayout, ModelFamily
 from dreamrelation.model.joint_attention import trim_text_padding
 
 MOCHI_REPO = "genmo/mochi-1-preview"
@@ -70,6 +70,15 @@ TINY_WORDS = (
     "walking towards apart high-five cheers carry photo follow whisper exchange support meadow "
     "field forest room park street beach snow"
 ).split()
+
+
+#: Mochi's joint attention: per projection (vision-stream module, text-stream module) (METHOD.md §2).
+MOCHI_LAYOUT = AttentionLayout("mochi", r"transformer_blocks\.\d+\.attn1", {
+    "q": ("to_q", "add_q_proj"),
+    "k": ("to_k", "add_k_proj"),
+    "v": ("to_v", "add_v_proj"),
+    "out": (r"to_out\.0", "to_add_out"),
+})
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -166,7 +175,9 @@ MOCHI = ModelFamily(
     preset="mochi-1",
     weights_profile=WEIGHTS_PROFILE["mochi"],
     temporal_compression=FAMILY_TEMPORAL_COMPRESSION["mochi"],
+    latent_channels=12,
     max_text_length=FAMILY_TEXT_LENGTH["mochi"],
+    layout=MOCHI_LAYOUT,
     transformer_class=MochiTransformer3DModel,
     vae_class=AutoencoderKLMochi,
     text_encoder_class=T5EncoderModel,

@@ -23,11 +23,17 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, Wa
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from dreamrelation.model.config import FAMILY_TEMPORAL_COMPRESSION, FAMILY_TEXT_LENGTH, WEIGHTS_PROFILE
-from dreamrelation.model.family import ModelFamily
+from dreamrelation.model.family import AttentionLayout, ModelFamily
 from dreamrelation.model.mochi import TINY_T5, tiny_tokenizer
 
 WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 TINY_VERSION = 1
+#: Wan's self-attention over video tokens; the text enters through `attn2`, the cross-attention (METHOD.md §9).
+WAN_LAYOUT = AttentionLayout(
+    "wan", r"blocks\.\d+\.attn1",
+    {"q": ("to_q",), "k": ("to_k",), "v": ("to_v",), "out": (r"to_out\.0",)},
+    cross_query=r"blocks\.\d+\.attn2\.to_q",
+)
 
 TINY_TRANSFORMER: dict[str, Any] = dict(
     num_attention_heads=2,
@@ -106,7 +112,9 @@ WAN = ModelFamily(
     preset="wan2.1-t2v-1.3b",
     weights_profile=WEIGHTS_PROFILE["wan"],
     temporal_compression=FAMILY_TEMPORAL_COMPRESSION["wan"],
+    latent_channels=16,
     max_text_length=FAMILY_TEXT_LENGTH["wan"],
+    layout=WAN_LAYOUT,
     transformer_class=WanTransformer3DModel,
     vae_class=AutoencoderKLWan,
     text_encoder_class=UMT5EncoderModel,

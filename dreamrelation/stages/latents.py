@@ -50,7 +50,9 @@ class LatentConfig(StrictConfig):
 
     batch_size: int = Field(1, ge=1, description="Clips per VAE encode call")
     text_batch_size: int = Field(8, ge=1, description="Captions per T5 encode call")
-    max_text_length: int = Field(256, ge=1, description="T5 tokens per caption (Mochi uses 256)")
+    max_text_length: int = Field(
+        256, ge=1, description="Text tokens per caption: the family's pipeline length (Mochi-1 256 T5, Wan 512 UMT5)"
+    )
     vae_tiling: bool | Literal["auto"] = Field(
         "auto",
         description="Encode in spatial tiles (less GPU memory, slower; latents differ slightly at tile "
@@ -159,7 +161,7 @@ def encode_videos(
         log.info("encode_latents: VAE tiling on for %dx%dx%d clips", video.num_frames, video.height, video.width)
     if config.vae_slicing:
         vae.enable_slicing()
-    shape = (vae.config.latent_channels, *latent_shape(video))
+    shape = (family.latent_channels, *latent_shape(video))
     group = zarr.open_group(zarr_location(f"{location}/{LATENTS_STORE}"), mode="w")
     means = _create(group, "mean", (len(manifest.clips), *shape), "float32", np.nan)
     logvars = _create(group, "logvar", (len(manifest.clips), *shape), "float32", np.nan)
