@@ -30,7 +30,7 @@ def test_every_subcommand_has_help(command):
     "args, message",
     [
         (["select", "-r", "A999"], "unknown relation 'A999'"),
-        (["run", "-r", "A058", "-s", "video.num_frames=60"], "video.num_frames: 60 frames is not of the form 6k+1"),
+        (["run", "-r", "A058", "-s", "video.num_frames=60"], "video.num_frames: 60 frames fits no video VAE: Mochi-1 needs 6k+1"),
         (["run", "-r", "A058", "-c", "nope"], "config 'nope' not found"),
         (["demo", "--relations", "A058,B1"], "unknown relation 'B1'"),
         (["run", "-r", "A058", "-s", "train.steps"], "expected key.path=value"),
