@@ -16,7 +16,12 @@ Rows:
   25x480x848, plus one deterministic DreamRelation step at 25x480x848 (`train.deterministic`);
 - sampling: one classifier-free-guidance transformer call (cond + uncond as a batch of 2, as
   `MochiPipeline` does) with relation + FFN LoRAs at 61x480x848, times 64 steps;
-- the VAE: encode of one 61x480x848 clip untiled and tiled, decode of its latent tiled.
+- the VAE: encode of one 61x480x848 clip untiled and tiled, decode of its latent tiled;
+- Wan 2.1 (issue 23), full-size `WanTransformer3DModel` 1.3B and 14B (bf16, random): a
+  DreamRelation and a plain training step at 81x480x832 (latent 16x21x60x104, 512 zero-padded
+  text tokens: UMT5 precomputed, never loaded), their peaks and ratio. Targets: 1.3B peak
+  <= 16 GB, 14B <= 80 GB, ratio <= 1.10; the estimate they are checked against is in
+  docs/performance.md.
 Peak memory is `torch.cuda.max_memory_allocated` over the row (weights included).
 
     python bench/gpu.py [--budget-s 420]
@@ -39,7 +44,7 @@ from typing import Any
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: the deterministic row needs it
 
 import torch
-from diffusers import AutoencoderKLMochi, MochiTransformer3DModel
+from diffusers import AutoencoderKLMochi, AutoencoderKLWan, MochiTransformer3DModel, WanTransformer3DModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import VARIANTS, Bench
@@ -50,10 +55,15 @@ from dreamrelation.model import lora
 from dreamrelation.model.lora import GROUPS
 from dreamrelation.model.family import LatentNorm
 from dreamrelation.model.mochi import MOCHI
+from dreamrelation.model.wan import FULL_SIZE, WAN
 
 #: Clip sizes (frames x height x width) of the training rows; the first is the paper's.
 SIZES = {"61x480x848": VideoConfig(num_frames=61), "25x480x848": VideoConfig(num_frames=25)}
 MAIN = "61x480x848"
+#: Wan 2.1's training clip: WanPipeline's default 81 frames at 480x832 (latent 16x21x60x104).
+WAN_VIDEO = VideoConfig(num_frames=81, height=480, width=832, aspect=832 / 480, temporal_compression=4)
+WAN_SIZE = "81x480x832"
+WAN_TARGET_GIB = {"1.3B": 16.0, "14B": 80.0}
 PLAIN_STEPS = 3  # timed plain steps per size (the DreamRelation rows time one step per HMT option)
 SAMPLING_STEPS = 64  # METHOD.md §5
 TEXT_TOKENS = 256  # T5 features per prompt (12 of them real in the bench inputs)
@@ -128,19 +138,38 @@ def full_size_vae(device: str | torch.device, dtype: torch.dtype = torch.bfloat1
         return AutoencoderKLMochi().eval()
 
 
+def full_size_wan(size: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> WanTransformer3DModel:
+    """The published Wan2.1-T2V `size` DiT ("1.3B" or "14B"), randomly initialised in `dtype` on `device`."""
+    with torch.device(device), default_dtype(dtype):
+        return WanTransformer3DModel(**FULL_SIZE[size])
+
+
 def latent(video: VideoConfig, channels: int = 12) -> tuple[int, int, int, int]:
     """(C, f, h, w) of a clip of `video` size."""
     return (channels, *latent_shape(video))
 
 
 def training_benches(
-    transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype, vae_norm: Any, video: VideoConfig
+    transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype, vae_norm: Any, video: VideoConfig,
+    channels: int = 12,
 ) -> dict[str, Bench]:
     """DreamRelation ("full") and plain states with gradient checkpointing on one shared base model."""
     return {
-        variant: Bench.on_transformer(variant, transformer, device, dtype, True, vae_norm, latent(video))
+        variant: Bench.on_transformer(variant, transformer, device, dtype, True, vae_norm, latent(video, channels))
         for variant in VARIANTS
     }
+
+
+def plan_wan(size: str, device: str | torch.device = "meta") -> dict[str, Any]:
+    """The Wan setup without running it: trainable parameters per adapter, base parameters, tokens."""
+    transformer = full_size_wan(size, device)
+    training_benches(transformer, torch.device(device), torch.bfloat16, LatentNorm(None, None), WAN_VIDEO,
+                     WAN.latent_channels)
+    params = {row["adapter"]: row["params"] for row in lora.trainable_parameter_table(transformer)}
+    base = sum(p.numel() for n, p in transformer.named_parameters() if lora.adapter_of(n) is None)
+    _, f, h, w = latent(WAN_VIDEO, WAN.latent_channels)
+    return {"params": params, "base_params": base, "latent": latent(WAN_VIDEO, WAN.latent_channels),
+            "vision_tokens": f * (h // 2) * (w // 2), "text_tokens": WAN.max_text_length, "transformer": transformer}
 
 
 def plan(device: str | torch.device = "meta") -> dict[str, Any]:
@@ -171,11 +200,11 @@ def _peak_steps(bench: Bench, meter: Meter, groups: list[str | None]) -> tuple[l
 
 
 def measure_training(benches: dict[str, Bench], size: str, video: VideoConfig, meter: Meter,
-                     deterministic: bool = False) -> list[Row]:
+                     deterministic: bool = False, channels: int = 12, target: str = "") -> list[Row]:
     """DreamRelation and plain step rows at one size, and their ratio (or one deterministic row)."""
     full, plain = benches["full"], benches["plain"]
     for bench in (full, plain):
-        bench.use_shape(latent(video))
+        bench.use_shape(latent(video, channels))
     if deterministic:
         full.cfg = full.cfg.model_copy(update={"deterministic": True})
         try:
@@ -189,7 +218,8 @@ def measure_training(benches: dict[str, Bench], size: str, video: VideoConfig, m
     per_group = " / ".join(f"{g} {s:.2f}" for g, s in zip(GROUPS, full_s))
     ratio = statistics.mean(full_s) / statistics.mean(plain_s)
     return [
-        Row(f"DreamRelation step {size} (HMT + RCL)", statistics.mean(full_s), full_peak, f"s per option: {per_group}"),
+        Row(f"DreamRelation step {size} (HMT + RCL)", statistics.mean(full_s), full_peak,
+            f"s per option: {per_group}{target}"),
         Row(f"plain single-LoRA step {size}", statistics.mean(plain_s), plain_peak, f"mean of {PLAIN_STEPS}"),
         Row(f"ratio dreamrelation/plain {size}", ratio, None, "target <= 1.10"),
     ]
@@ -298,6 +328,25 @@ def transformer_rows(device: torch.device, dtype: torch.dtype, meter: Meter) -> 
     return rows, ratio
 
 
+def wan_rows(size: str, device: torch.device, meter: Meter, dtype: torch.dtype = torch.bfloat16) -> list[Row]:
+    """DreamRelation and plain training steps on the full-size Wan `size` at 81x480x832."""
+    what = f"Wan2.1-T2V-{size} training steps {WAN_SIZE}"
+    if not meter.in_budget():
+        return [Row(what, note="skipped: time budget")]
+
+    def measure() -> list[Row]:
+        transformer = full_size_wan(size, device, dtype)
+        with torch.device("meta"):
+            vae_norm = AutoencoderKLWan().config
+        benches = training_benches(transformer, device, dtype, vae_norm, WAN_VIDEO, WAN.latent_channels)
+        rows = measure_training(benches, f"Wan {size} {WAN_SIZE}", WAN_VIDEO, meter, channels=WAN.latent_channels,
+                                target=f"; peak target <= {WAN_TARGET_GIB[size]:.0f} GB")
+        del benches, transformer
+        return rows
+
+    return guarded(what, meter, measure)
+
+
 def run_all(device: torch.device, budget_s: float) -> tuple[list[Row], float | None]:
     """Every row, in order of importance; returns the rows and the main ratio."""
     meter = Meter(device, budget_s)
@@ -305,6 +354,10 @@ def run_all(device: torch.device, budget_s: float) -> tuple[list[Row], float | N
     gc.collect()  # the transformer is gone: room for the VAE
     torch.cuda.empty_cache()
     rows += measure_vae(full_size_vae(device, torch.bfloat16), SIZES[MAIN], meter)
+    for size in FULL_SIZE:
+        gc.collect()
+        torch.cuda.empty_cache()
+        rows += wan_rows(size, device, meter)
     return rows, ratio
 
 

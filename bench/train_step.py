@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from dreamrelation.model.config import BaseModelConfig, LoraTripletConfig, TrainConfig
+from dreamrelation.model.families import family_of_model
 from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.train import (
     TrainClip,
@@ -56,12 +57,12 @@ def make_config(variant: str, gradient_checkpointing: bool) -> TrainConfig:
 
 
 def make_inputs(
-    text_dim: int, clips: int = 4, shape: tuple[int, int, int, int] = LATENT_SHAPE
+    text_dim: int, clips: int = 4, shape: tuple[int, int, int, int] = LATENT_SHAPE, tokens: int = 256
 ) -> tuple[list[TrainClip], tuple[torch.Tensor, torch.Tensor]]:
-    """Random clips of latent `shape` (C, f, h, w) with 12-token captions, and the empty prompt."""
+    """Random clips of latent `shape` (C, f, h, w) with 12-token captions among `tokens`, and the empty prompt."""
     c, f, h, w = shape
     g = torch.Generator().manual_seed(0)
-    mask = torch.arange(256) < 12
+    mask = torch.arange(tokens) < 12
     data = []
     for i in range(clips):
         s1, s2 = (torch.rand(2, f, h, w, generator=g) > 0.6).float()
@@ -70,12 +71,12 @@ def make_inputs(
                 clip_id=f"clip{i}",
                 latent_mean=torch.randn(c, f, h, w, generator=g),
                 latent_logvar=torch.zeros(c, f, h, w),
-                text_embeds=torch.randn(256, text_dim, generator=g),
+                text_embeds=torch.randn(tokens, text_dim, generator=g) * mask[:, None],  # zero padding, as on Wan
                 text_mask=mask,
                 latent_masks=torch.stack([s1, s2, torch.maximum(s1, s2)], dim=1),
             )
         )
-    empty = (torch.randn(256, text_dim, generator=g), torch.arange(256) < 1)
+    empty = (torch.randn(tokens, text_dim, generator=g) * (torch.arange(tokens) < 1)[:, None], torch.arange(tokens) < 1)
     return data, empty
 
 
@@ -89,7 +90,13 @@ class Bench:
         self.state = state
         self.vae_norm = vae_norm
         self.device = state.device
-        self.clips, self.empty = make_inputs(state.transformer.config.text_embed_dim, shape=shape)
+        self.clips, self.empty = self._inputs(shape)
+
+    def _inputs(self, shape: tuple[int, int, int, int]) -> tuple[list[TrainClip], tuple[torch.Tensor, torch.Tensor]]:
+        """Inputs in the family's text format: Mochi's T5 width and 256 tokens, Wan's UMT5 width and 512."""
+        config = self.state.transformer.config
+        width = config.get("text_embed_dim") or config["text_dim"]
+        return make_inputs(width, shape=shape, tokens=family_of_model(self.state.transformer).max_text_length)
 
     @classmethod
     def from_model_dir(cls, variant: str, model_dir: Path, device: torch.device, dtype: torch.dtype,
@@ -108,7 +115,7 @@ class Bench:
     def use_shape(self, shape: tuple[int, int, int, int]) -> None:
         """Train on fresh random clips of latent `shape` from now on (and a fresh positive bank,
         whose (f - 1, C) entries depend on the number of latent frames)."""
-        self.clips, self.empty = make_inputs(self.state.transformer.config.text_embed_dim, shape=shape)
+        self.clips, self.empty = self._inputs(shape)
         self.state.pos_bank.items.clear()
 
     def reactivate(self) -> None:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from dreamrelation.config import ConfigError, PipelineConfig, load_config
@@ -29,7 +31,7 @@ def test_mochi_preset_starts_from_the_paper_settings():
 
 
 def test_bad_configs_are_named(tmp_path):
-    with pytest.raises(ConfigError, match="config 'nope' not found: give a YAML file or a preset \\(demo, mochi-1, own-folder, world-demo\\)"):
+    with pytest.raises(ConfigError, match="config 'nope' not found: give a YAML file or a preset \\(demo, mochi-1, own-folder, wan-demo, wan2.1-t2v-1.3b, wan2.1-t2v-14b, world-demo\\)"):
         load_config("nope")
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config(None, ["train.steps"])
@@ -157,3 +159,29 @@ def test_fields_added_later_are_left_out_at_any_depth():
     changed = load_toy_config(None, ["pretrain.dit.noise_levels=logit_normal"])
     assert changed.pretrain.key_dump()["dit"]["noise_levels"] == "logit_normal"
     assert plan_toy(changed)["pretrain_base"].key != "base/toy-7104871a201aba46"
+
+
+def test_wan_presets_and_the_family_checks() -> None:
+    """Clips, samples, text length and profile follow model.family (issue 23); each mismatch is one named error."""
+    demo = load_config("wan-demo")
+    assert (demo.model.family, demo.model.profile, demo.video.temporal_compression) == ("wan", "demo", 4)
+    assert demo.video.latent_frames == 7 and demo.latents.max_text_length == 512  # 25 frames -> 7 on Wan (5 on Mochi)
+    assert [m.name for m in demo.evaluate.methods] == ["DreamRelation", "Wan (base)"]
+    for name, repo in (("wan2.1-t2v-1.3b", None), ("wan2.1-t2v-14b", "Wan-AI/Wan2.1-T2V-14B-Diffusers")):
+        cfg = load_config(name)
+        assert (cfg.video.num_frames, cfg.video.height, cfg.video.width, cfg.video.fps) == (81, 480, 832, 16.0)
+        assert cfg.video.latent_frames == 21 and cfg.model.profile == "wan2.1" and cfg.model.hub_repo == repo
+        assert cfg.train.sample.frames == cfg.evaluate.sample.frames == 81 and cfg.evaluate.sample.guidance == 5.0
+    bad = {
+        ("model.family=wan",): "model.family=wan compresses time by 4, but video.temporal_compression is 6",
+        ("model.family=wan", "video.temporal_compression=4"): "latents.max_text_length=256: the model.family=wan "
+        "pipeline encodes prompts to 512 tokens",
+        ("model.profile=wan2.1",): "profile 'wan2.1' reads another family's weights than family 'mochi'",
+        ("video.num_frames=29",): "29 frames is not of the form 6k+1",
+        ("evaluate.sample.frames=27",): "27 frames fits no video VAE",
+    }
+    for overrides, message in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config("demo", list(overrides))
+    with pytest.raises(ConfigError, match=re.escape("train.sample.frames=31: model.family=wan generates 4k+1 frames")):
+        load_config("wan-demo", ["train.sample.frames=31"])

@@ -84,3 +84,35 @@ def test_measurements_run_on_the_tiny_model_on_cpu(gpu, tiny_dir: Path, vae_conf
     assert table[-1].startswith("| VAE encode 7x32x32, untiled | ")
     failed = gpu.guarded("broken", meter, lambda: (_ for _ in ()).throw(RuntimeError("CUDA out of memory.")))
     assert failed[0].seconds is None and "out of memory" in failed[0].note
+
+
+@pytest.mark.parametrize("size, blocks, width", [("1.3B", 30, 1536), ("14B", 40, 5120)])
+def test_wan_plan_on_the_meta_device(gpu, size: str, blocks: int, width: int) -> None:
+    """The Wan rows' setup: docs/performance.md's shapes and counts (81x480x832 -> 16x21x60x104, 32,760 tokens)."""
+    plan = gpu.plan_wan(size, "meta")
+    per_linear = 16 * (width + width)
+    assert plan["params"] == {"relation": 2 * blocks * per_linear, "subject1": blocks * per_linear,
+                              "subject2": blocks * per_linear, "ffn": blocks * per_linear,
+                              "direct": 4 * blocks * per_linear}
+    assert plan["latent"] == (16, 21, 60, 104) and plan["vision_tokens"] == 32_760 and plan["text_tokens"] == 512
+    expected_base = {"1.3B": 1.42e9, "14B": 14.29e9}[size]  # the published sizes
+    assert abs(plan["base_params"] - expected_base) < 0.02 * expected_base
+    transformer = plan["transformer"]
+    assert transformer.is_gradient_checkpointing
+    assert {p.dtype for n, p in transformer.named_parameters() if ".lora_" not in n} == {torch.bfloat16}
+
+
+def test_wan_training_rows_run_on_a_tiny_wan_on_cpu(gpu, monkeypatch) -> None:
+    """`wan_rows` end to end on CPU, with the full-size builder swapped for a tiny Wan and a tiny clip."""
+    from diffusers import WanTransformer3DModel
+
+    from dreamrelation.model.wan import TINY_TRANSFORMER
+
+    monkeypatch.setattr(gpu, "full_size_wan", lambda size, device, dtype: WanTransformer3DModel(**TINY_TRANSFORMER))
+    monkeypatch.setattr(gpu, "WAN_VIDEO", VideoConfig(num_frames=9, height=32, width=32, temporal_compression=4))
+    cpu = torch.device("cpu")
+    rows = gpu.wan_rows("1.3B", cpu, gpu.Meter(cpu, budget_s=600), dtype=torch.float32)
+    assert [r.what for r in rows] == [f"DreamRelation step Wan 1.3B {gpu.WAN_SIZE} (HMT + RCL)",
+                                      f"plain single-LoRA step Wan 1.3B {gpu.WAN_SIZE}",
+                                      f"ratio dreamrelation/plain Wan 1.3B {gpu.WAN_SIZE}"], rows
+    assert all(r.seconds > 0 for r in rows) and "peak target <= 16 GB" in rows[0].note

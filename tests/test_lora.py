@@ -13,7 +13,7 @@ from diffusers import MochiTransformer3DModel, WanTransformer3DModel
 from safetensors import safe_open
 
 from dreamrelation.model import lora
-from dreamrelation.model.wan import WAN_LAYOUT
+from dreamrelation.model.wan import FULL_SIZE, WAN_LAYOUT
 from dreamrelation.model.config import LoraTripletConfig
 from dreamrelation.model.mochi import MOCHI, MOCHI_LAYOUT
 
@@ -52,7 +52,6 @@ def test_full_size_mochi_parameter_counts_of_table_3_rows_on_meta_device(relatio
 
 # Wan2.1-T2V at rank 16 (issue 23 §2): attention is not joint, so one 3-D linear layer per
 # projection and block, r * (width + width): 1.3B 30 blocks x 1536 wide, 14B 40 blocks x 5120.
-WAN_SIZES = {"1.3B": dict(num_attention_heads=12, num_layers=30, ffn_dim=8960), "14B": {}}  # 14B: the defaults
 WAN_PER_LINEAR = {"1.3B": 16 * (1536 + 1536), "14B": 16 * (5120 + 5120)}  # 49,152 and 163,840
 
 
@@ -60,7 +59,7 @@ WAN_PER_LINEAR = {"1.3B": 16 * (1536 + 1536), "14B": 16 * (5120 + 5120)}  # 49,1
 def test_full_size_wan_parameter_counts_on_meta_device(size: str, blocks: int) -> None:
     """The figures of docs/performance.md's Wan table, printed, and where each adapter sits."""
     with torch.device("meta"):
-        model = WanTransformer3DModel(**WAN_SIZES[size])
+        model = WanTransformer3DModel(**FULL_SIZE[size])
     lora.add_relation_loras(model, LoraTripletConfig())
     rows = {row["adapter"]: row for row in lora.trainable_parameter_table(model)}
     print(f"Wan2.1-T2V-{size}, rank 16: " + ", ".join(f"{a} {rows[a]['params']:,}" for a in lora.ADAPTERS))

@@ -48,6 +48,9 @@ TINY_VAE: dict[str, Any] = dict(
     base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
     temperal_downsample=[False, True, True],
 )
+#: The published transformer configs, as `WanTransformer3DModel` arguments (the 14B is the class default):
+#: 1.3B 30 blocks x 12 heads x 128 (1536 wide), FFN 8960; 14B 40 blocks x 40 heads x 128 (5120), FFN 13824.
+FULL_SIZE: dict[str, dict[str, Any]] = {"1.3B": dict(num_attention_heads=12, num_layers=30, ffn_dim=8960), "14B": {}}
 #: `Wan-AI/Wan2.1-T2V-1.3B-Diffusers/scheduler`: UniPC on flow sigmas, shift 3 (the 480p setting).
 SCHEDULER: dict[str, Any] = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
 
