@@ -22,8 +22,10 @@ demo: venv
 study: venv
 	$(BIN)/dreamrelation study
 
+# Two workers, one test file each at a time (a file's module fixtures stay in one process); each
+# worker runs torch on one thread (tests/conftest.py), so two fit two cores.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: venv
 	$(BIN)/python bench/masks.py

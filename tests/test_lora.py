@@ -89,7 +89,7 @@ def test_wan_cross_attention_switch_adds_attn2_query_and_mochi_refuses_it() -> N
     }
     with pytest.raises(ValueError, match="relation_cross_attention needs a model with cross-attention; mochi"):
         lora.adapter_targets(LoraTripletConfig(relation_cross_attention=True), MOCHI_LAYOUT)
-    with pytest.raises(TypeError, match="Mochi or Wan transformer, not Linear"):
+    with pytest.raises(TypeError, match=r"Linear is not the transformer of a known base model \(MochiTransformer3DModel, WanTransformer3DModel\)"):
         lora.add_relation_loras(torch.nn.Linear(2, 2), LoraTripletConfig())
 
 
@@ -233,3 +233,14 @@ def test_direct_export_keeps_the_single_adapter(tiny_dir: Path, tmp_path: Path) 
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # issue 24.6: not the temporary folder's 0600
     with pytest.raises(ValueError, match="no inference adapter"):
         lora.inference_state_dict(MOCHI.load_transformer(tiny_dir))
+
+
+@pytest.mark.parametrize("relation, subject", [("V", "QK"), ("Q", "KV"), ("KV", "Q"), ("QK", "V")])
+def test_table3_position_rows_on_wan_self_attention(relation: str, subject: str) -> None:
+    """Paper Table 3's rows on Wan: relation and subjects on complementary projections of attn1 only."""
+    model = WanTransformer3DModel(num_attention_heads=2, attention_head_dim=8, num_layers=2, ffn_dim=32, text_dim=16,
+                                  freq_dim=16)
+    lora.add_relation_loras(model, LoraTripletConfig(rank=2, alpha=2, relation_positions=relation))
+    names = {"Q": "to_q", "K": "to_k", "V": "to_v"}
+    assert lora_modules(model, "relation") == {f"blocks.{i}.attn1.{names[p]}" for i in range(2) for p in relation}
+    assert lora_modules(model, "subject1") == {f"blocks.{i}.attn1.{names[p]}" for i in range(2) for p in subject}

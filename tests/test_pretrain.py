@@ -26,7 +26,8 @@ MICRO = PretrainConfig(
 
 @pytest.fixture(scope="module")
 def toy_base(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("toy-base")
+    """The MICRO base, alone in its parent folder (the adoption test adds siblings there)."""
+    folder = tmp_path_factory.mktemp("toy-bases") / "toy-a"
     pretrain_base(MICRO, folder)
     return folder
 
@@ -250,9 +251,10 @@ def test_explained_share_by_hand(toy_base: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in shares.values()) and shares["kind and contrast"] >= shares["kind"]
 
 
-def test_a_base_that_differs_only_in_its_dit_adopts_the_finished_vae_and_training_set(tmp_path: Path) -> None:
-    first = pretrain_base(MICRO, tmp_path / "toy-a")
-    assert first["adopted_phases"] == {} and first["vae"]["resumed_from"] == 0
+def test_a_base_that_differs_only_in_its_dit_adopts_the_finished_vae_and_training_set(toy_base: Path) -> None:
+    """`toy_base` (MICRO, built from scratch: nothing adopted) is "toy-a"; other bases go beside it."""
+    assert json.loads((toy_base / GATES_FILE).read_text())["adopted_phases"] == {}
+    tmp_path = toy_base.parent
 
     longer = MICRO.model_copy(update={"dit": MICRO.dit.model_copy(update={"steps": 3})})
     second = pretrain_base(longer, tmp_path / "toy-b")

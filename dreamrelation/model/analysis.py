@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
+from dreamrelation.model.families import FAMILIES
+
 #: Per family: the blocks' prefix and, per stream, the Q, K, V modules inside a block.
-LAYOUTS: dict[str, tuple[str, dict[str, tuple[str, str, str]]]] = {
-    "mochi": ("transformer_blocks", {
-        "vision": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
-        "text": ("attn1.add_q_proj", "attn1.add_k_proj", "attn1.add_v_proj"),
-    }),
-    "wan": ("blocks", {
-        "self": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
-        "cross": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
-    }),
+LAYOUTS: dict[str, tuple[str, Mapping[str, tuple[str, str, str]]]] = {
+    family.name: (family.blocks, family.qkv_streams) for family in FAMILIES.values()
 }
 PAIRS: tuple[str, ...] = ("q-k", "q-v", "k-v")
 _PAIR_INDEX = {"q-k": (0, 1), "q-v": (0, 2), "k-v": (1, 2)}

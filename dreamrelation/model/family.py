@@ -62,6 +62,8 @@ class ModelFamily:
     latent_channels: int  # channels of the VAE's latents (the pipeline assumes them)
     max_text_length: int  # tokens the pipeline encodes a prompt to
     layout: AttentionLayout  # where the relation LoRA triplet goes (`model.lora`)
+    blocks: str  # the transformer blocks' name prefix in the weights
+    qkv_streams: Mapping[str, tuple[str, str, str]]  # stream -> its (Q, K, V) modules in a block (§7 analysis)
     transformer_class: type
     vae_class: type
     text_encoder_class: type

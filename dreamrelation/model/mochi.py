@@ -178,6 +178,11 @@ MOCHI = ModelFamily(
     latent_channels=12,
     max_text_length=FAMILY_TEXT_LENGTH["mochi"],
     layout=MOCHI_LAYOUT,
+    blocks="transformer_blocks",
+    qkv_streams={
+        "vision": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
+        "text": ("attn1.add_q_proj", "attn1.add_k_proj", "attn1.add_v_proj"),
+    },
     transformer_class=MochiTransformer3DModel,
     vae_class=AutoencoderKLMochi,
     text_encoder_class=T5EncoderModel,

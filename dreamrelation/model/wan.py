@@ -118,6 +118,11 @@ WAN = ModelFamily(
     latent_channels=16,
     max_text_length=FAMILY_TEXT_LENGTH["wan"],
     layout=WAN_LAYOUT,
+    blocks="blocks",
+    qkv_streams={
+        "self": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
+        "cross": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    },
     transformer_class=WanTransformer3DModel,
     vae_class=AutoencoderKLWan,
     text_encoder_class=UMT5EncoderModel,
