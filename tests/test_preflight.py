@@ -45,6 +45,20 @@ def test_a_model_dir_that_is_not_a_complete_model_is_named(tmp_path: Path) -> No
                   stop_after="encode_latents")  # fetched at run time, as asked
 
 
+def test_an_incomplete_toy_base_is_rebuilt_not_downloaded(tmp_path: Path) -> None:
+    """The world demo's model folder with a part missing: the advice is the toy base's, not a Hub download."""
+    base = tmp_path / "toy-base"
+    (base / "model" / "vae").mkdir(parents=True)
+    (base / "base.json").write_text(json.dumps({"fingerprint": "toy-0"}))
+    with pytest.raises(InputError, match=rf"toy base model folder {base / 'model'} is incomplete; missing: "
+                                         rf"model_index.json.*`git checkout -- {base}`.*`dreamrelation pretrain "
+                                         rf"--export {base}`") as caught:
+        check_inputs("A052", load_config("world-demo", [f"root={tmp_path / 'artifacts'}",
+                                                        f"model.model_dir={base / 'model'}"]))
+    assert "huggingface-cli" not in str(caught.value)
+    assert sorted(p.name for p in base.iterdir()) == ["base.json", "model"]
+
+
 def test_prompts_are_checked_before_any_stage(tmp_path: Path) -> None:
     missing = tmp_path / "prompts.csv"
     with pytest.raises(InputError, match=rf"^evaluate.prompts_path: prompt file {missing} does not exist"):

@@ -327,10 +327,11 @@ def test_export_writes_a_float16_copy_and_never_replaces_a_foreign_folder(toy_ba
     from safetensors import safe_open
 
     from dreamrelation.model.mochi import MOCHI
-    from dreamrelation.stages.pretrain import BASE_FILE, ExportError, export_base
+    from dreamrelation.model.family import TOY_BASE_FILE
+    from dreamrelation.stages.pretrain import ExportError, export_base
 
     out = export_base(toy_base, tmp_path / "toy-base", "abc123")
-    assert json.loads((out / BASE_FILE).read_text())["fingerprint"] == "abc123"
+    assert json.loads((out / TOY_BASE_FILE).read_text())["fingerprint"] == "abc123"
     assert set(json.loads((out / GATES_FILE).read_text())) == {"seen_relations", "held_out_relations", "measured", "gates"}
     with safe_open(str(out / MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
@@ -338,7 +339,7 @@ def test_export_writes_a_float16_copy_and_never_replaces_a_foreign_folder(toy_ba
     for (name, a), (_, b) in zip(original.state_dict().items(), shipped.state_dict().items()):
         assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
     export_base(toy_base, out, "def456")  # an earlier export is replaced
-    assert json.loads((out / BASE_FILE).read_text())["fingerprint"] == "def456"
+    assert json.loads((out / TOY_BASE_FILE).read_text())["fingerprint"] == "def456"
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "sentinel.txt").write_text("keep me")

@@ -71,7 +71,7 @@ def _bad_loras(folder: Path, lora_file: Path) -> dict[str, tuple[Path, str]]:
     save_file({key: torch.zeros(tensors[key].shape[0], 3072)}, bigger)
     return {
         "not safetensors": (text, f"LoRA file {text} is not a safetensors file"),
-        "unknown module": (elsewhere, "transformer_blocks.0.attn9.to_q, which does not exist in this model"),
+        "unknown module": (elsewhere, "transformer_blocks.0.attn9.to_q, which does not exist in this Mochi-1 model"),
         "another size": (bigger, "a LoRA trained for another model size"),
     }
 

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer, T5EncoderModel
 
 from dreamrelation.config import ToyConfig
 from dreamrelation.plan import plan_toy
-from dreamrelation.stages.pretrain import BASE_FILE, GATES_FILE, MODEL_DIR
+from dreamrelation.model.family import TOY_BASE_FILE
+from dreamrelation.stages.pretrain import GATES_FILE, MODEL_DIR
 
 SHIPPED = Path(__file__).resolve().parents[1] / "toy-base"
 
@@ -23,7 +24,7 @@ def test_shipped_base_has_todays_default_key() -> None:
     Fails when the world, the base config or the pretraining code version changes: then
     regenerate it (docs/toy_world.md, "The shipped toy base").
     """
-    shipped = json.loads((SHIPPED / BASE_FILE).read_text())["fingerprint"]
+    shipped = json.loads((SHIPPED / TOY_BASE_FILE).read_text())["fingerprint"]
     assert shipped == plan_toy(ToyConfig())["pretrain_base"].fingerprint, (
         "toy-base/ was exported from another config; rerun `dreamrelation pretrain --export toy-base`"
     )

@@ -141,7 +141,8 @@ def test_a_foreign_lora_is_one_clear_error(wan_dir: Path, tiny_dir: Path, text: 
     T.train_step(state, make_clips(text), text.empty, vae_config, cfg)
     lora.activate_adapters(state.transformer, ["relation", "ffn"])
     mochi_lora = lora.export_inference_lora(state.transformer, tmp_path / "mochi.safetensors")
-    with pytest.raises(LoraFileError, match=r"mochi\.safetensors targets transformer_blocks\.0\.attn1\..*does not exist"):
+    with pytest.raises(LoraFileError, match=r"mochi\.safetensors targets transformer_blocks\.0\.attn1\..* which does not exist in this Wan 2\.1 model "
+                       r"\(.*\): a LoRA for another base model\?"):
         load_inference_pipeline(WAN, wan_dir, mochi_lora)
 
 

@@ -29,6 +29,9 @@ from dreamrelation.model.config import BaseModelConfig
 
 log = logging.getLogger("dreamrelation.model")
 
+#: Written beside a toy base's `model/` folder by `dreamrelation pretrain --export` (its fingerprint).
+TOY_BASE_FILE = "base.json"
+
 #: (tokenizer, text encoder, captions, max_length) -> (features (B, L, D), mask (B, L) bool)
 TextEncoder = Callable[[Any, torch.nn.Module, list[str], int], tuple[torch.Tensor, torch.Tensor]]
 #: (transformer, x_t, t, text features, text mask) -> predicted velocity, as the family's pipeline calls it
@@ -84,6 +87,12 @@ class ModelFamily:
         """Return `folder` if it holds a complete model, else raise `ModelFolderError`."""
         folder = Path(folder)
         missing = missing_components(folder)
+        if missing and (folder.parent / TOY_BASE_FILE).is_file():  # an exported toy base: rebuilt, not downloaded
+            raise ModelFolderError(
+                f"toy base model folder {folder} is incomplete; missing: {', '.join(missing)}. It is the model of the "
+                f"toy base exported to {folder.parent} ({TOY_BASE_FILE} beside it): restore the shipped one with "
+                f"`git checkout -- {folder.parent}`, or rebuild it with `dreamrelation pretrain --export {folder.parent}`."
+            )
         if missing:
             raise ModelFolderError(
                 f"{self.title} model folder {folder} is incomplete; missing: {', '.join(missing)}. "

@@ -71,7 +71,10 @@ def check_lora_file(path: str | Path, transformer: nn.Module) -> None:
             continue  # e.g. alphas or metadata entries the loader understands
         module = match["module"]
         if module not in layers:
-            raise LoraFileError(f"LoRA file {path} targets {module}, which does not exist in this model ({key})")
+            raise LoraFileError(
+                f"LoRA file {path} targets {module}, which does not exist in this "
+                f"{family_of_model(transformer).title} model ({key}): a LoRA for another base model?"
+            )
         layer = layers[module]
         rank = shape[0] if match["kind"] == "A" else shape[1]
         expected = (rank, layer.in_features) if match["kind"] == "A" else (layer.out_features, rank)

@@ -32,6 +32,7 @@ from dreamrelation.data.store import fingerprint
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import sample_specs
 from dreamrelation.evaluation.toy import as_records, judge_generations, reconstruction_report, summarize
+from dreamrelation.model.family import TOY_BASE_FILE
 from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.pretrain import (
     PretrainConfig,
@@ -48,7 +49,6 @@ log = logging.getLogger("dreamrelation.pretrain")
 
 MODEL_DIR, WORK_DIR, GATES_FILE, PHASES_FILE = "model", "work", "gates.json", "phases.json"
 #: What identifies an exported base (`export_base`): its fingerprint and how it was made.
-BASE_FILE = "base.json"
 #: The reusable phases and the work file each leaves.
 PHASE_FILES = {"vae": "vae.pt", "dit_data": "dit_data.pt"}
 #: issue 13 §2: the gates the base must pass, (metric, threshold).
@@ -184,8 +184,8 @@ def export_base(folder: str | Path, out: str | Path, base_fingerprint: str) -> P
     first, so a failed export leaves the earlier one in place.
     """
     folder, out = Path(folder), Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BASE_FILE).is_file())):
-        raise ExportError(f"{out} exists and is not an earlier toy-base export (no {BASE_FILE}); "
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TOY_BASE_FILE).is_file())):
+        raise ExportError(f"{out} exists and is not an earlier toy-base export (no {TOY_BASE_FILE}); "
                           "export into a new or empty folder")
     if not (folder / GATES_FILE).is_file():
         raise ExportError(f"{folder} is not a finished toy base (no {GATES_FILE})")
@@ -200,7 +200,7 @@ def export_base(folder: str | Path, out: str | Path, base_fingerprint: str) -> P
     (tmp / GATES_FILE).write_text(json.dumps(kept, indent=1) + "\n")
     meta = {"fingerprint": base_fingerprint, "dtype": "float16",
             "made_by": "dreamrelation pretrain --export DIR (default ToyConfig)"}
-    (tmp / BASE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    (tmp / TOY_BASE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
