@@ -87,3 +87,25 @@ def tiny_train_config(**update) -> TrainConfig:
 
 def cpu_base(model_dir: Path, family: str = "mochi") -> BaseModelConfig:
     return BaseModelConfig(family=family, profile="demo", model_dir=str(model_dir), device="cpu", dtype="float32")
+
+
+# --------------------------------------------------------------------------- the convention tests' base
+
+
+def family_latents(direction: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Latents a * U (U = `direction`, a per-channel pattern; a ~ N(0, 1)): a family a tiny DiT learns quickly."""
+    return (torch.randn(batch, 1, 1, 1, 1, generator=generator) * direction).expand(batch, direction.shape[0], 3, 4, 4)
+
+
+def train_denoiser(model: torch.nn.Module, direction: torch.Tensor, steps: int, step_loss) -> None:
+    """`steps` seeded AdamW steps (lr 5e-3, batch 8) on `step_loss(model, z0, eps, s)`, in which each
+    convention test spells out its base's convention independently of the code under test."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        z0 = family_latents(direction, 8, g)
+        eps = torch.randn(z0.shape, generator=g)
+        s = torch.rand(8, generator=g)
+        step_loss(model, z0, eps, s).backward()
+        optimizer.step()
+        optimizer.zero_grad()

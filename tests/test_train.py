@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_model import Text, cpu_base, make_clips, tiny_train_config
+from conftest_model import Text, cpu_base, make_clips, tiny_train_config, train_denoiser
 from safetensors.torch import load_file
 
 from dreamrelation.model import lora
@@ -344,11 +344,6 @@ def test_inputs_are_checked(tiny_dir: Path, text: Text, vae_config, tmp_path: Pa
 _FAMILY_DIRECTION = torch.randn(12, 1, 1, 1, generator=torch.Generator().manual_seed(42))
 
 
-def _family(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Latents a * U (U a per-channel pattern, a ~ N(0, 1)): a family a tiny DiT learns quickly."""
-    return (torch.randn(batch, 1, 1, 1, 1, generator=generator) * _FAMILY_DIRECTION).expand(batch, 12, 3, 4, 4)
-
-
 @pytest.fixture(scope="module")
 def pretrained_base(tiny_dir: Path, text: Text, tmp_path_factory) -> Path:
     """The tiny base trained briefly as a denoiser, with the convention spelled out independently
@@ -356,19 +351,14 @@ def pretrained_base(tiny_dir: Path, text: Text, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pretrained") / "mochi"
     shutil.copytree(tiny_dir, folder)
     model = MOCHI.load_transformer(folder)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    g = torch.Generator().manual_seed(1)
-    batch = 8
-    for _ in range(500):
-        z0 = _family(batch, g)
-        eps = torch.randn(z0.shape, generator=g)
-        s = torch.rand(batch, generator=g)
+
+    def mochi_loss(model: torch.nn.Module, z0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         x = (1 - s.view(-1, 1, 1, 1, 1)) * z0 + s.view(-1, 1, 1, 1, 1) * eps
-        v = model(x, text.embeds.expand(batch, -1, -1), 1000 * (1 - s), text.mask.expand(batch, -1),
+        v = model(x, text.embeds.expand(len(s), -1, -1), 1000 * (1 - s), text.mask.expand(len(s), -1),
                   return_dict=False)[0]
-        (v - (z0 - eps)).square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        return (v - (z0 - eps)).square().mean()
+
+    train_denoiser(model, _FAMILY_DIRECTION, 500, mochi_loss)
     model.save_pretrained(folder / "transformer")
     return folder
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_model import CAPTION, Text, cpu_base, make_clips, tiny_train_config
+from conftest_model import CAPTION, Text, cpu_base, make_clips, tiny_train_config, train_denoiser
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from safetensors import safe_open
 from transformers import UMT5EncoderModel
@@ -152,11 +152,6 @@ def test_a_foreign_lora_is_one_clear_error(wan_dir: Path, tiny_dir: Path, text: 
 _DIRECTION = torch.randn(16, 1, 1, 1, generator=torch.Generator().manual_seed(42))
 
 
-def _family(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Latents a * U (U a per-channel pattern, a ~ N(0, 1)): a family a tiny DiT learns quickly."""
-    return (torch.randn(batch, 1, 1, 1, 1, generator=generator) * _DIRECTION).expand(batch, 16, 3, 4, 4)
-
-
 @pytest.fixture(scope="module")
 def pretrained_wan(wan_dir: Path, wan_text: Text, tmp_path_factory) -> Path:
     """The tiny Wan trained briefly as a denoiser, with Wan's convention spelled out independently
@@ -164,18 +159,13 @@ def pretrained_wan(wan_dir: Path, wan_text: Text, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pretrained") / "wan"
     shutil.copytree(wan_dir, folder)
     model = WAN.load_transformer(folder)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    g = torch.Generator().manual_seed(1)
-    batch = 8
-    for _ in range(400):
-        z0 = _family(batch, g)
-        eps = torch.randn(z0.shape, generator=g)
-        s = torch.rand(batch, generator=g)
+
+    def wan_loss(model: torch.nn.Module, z0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         x = (1 - s.view(-1, 1, 1, 1, 1)) * z0 + s.view(-1, 1, 1, 1, 1) * eps
-        v = model(x, 1000 * s, wan_text.embeds.expand(batch, -1, -1), return_dict=False)[0]
-        (v - (eps - z0)).square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        v = model(x, 1000 * s, wan_text.embeds.expand(len(s), -1, -1), return_dict=False)[0]
+        return (v - (eps - z0)).square().mean()
+
+    train_denoiser(model, _DIRECTION, 400, wan_loss)
     model.save_pretrained(folder / "transformer")
     return folder
 
