@@ -1,7 +1,8 @@
 """Step time and peak memory of the DreamRelation objective vs a plain single-LoRA step.
 
-Both variants run `dreamrelation.model.train.train_step` on the same tiny Mochi DiT and the
-same inputs (demo-sized latents, 25 frames at 96x160 -> 12 x 5 x 12 x 20):
+Both variants run `dreamrelation.model.train.train_step` on the same tiny DiT of the chosen
+family (`--family mochi|wan`) and the same inputs (demo-sized latents, 25 frames at 96x160 ->
+12 x 5 x 12 x 20 on Mochi, 16 x 7 x 12 x 20 on Wan):
 
 - full:  relation / subject1 / subject2 / FFN LoRAs, hybrid mask training, contrastive loss
 - plain: one LoRA on Q, K, V and out ("direct" baseline), plain flow-matching loss
@@ -11,7 +12,7 @@ machine hit both alike; peak memory is measured per variant in a fresh subproces
 (GPU: torch.cuda.max_memory_allocated; CPU: peak RSS). The last line is the time ratio;
 the target is <= 1.10.
 
-    python bench/train_step.py [--steps 40] [--device cpu|cuda] [--threads 1]
+    python bench/train_step.py [--family mochi|wan] [--steps 40] [--device cpu|cuda] [--threads 1]
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import Any
 import torch
 
 from dreamrelation.model.config import BaseModelConfig, LoraTripletConfig, TrainConfig
-from dreamrelation.model.families import family_of_model
+from dreamrelation.model.families import FAMILIES, family_of_model
+from dreamrelation.model.family import ModelFamily
 from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.train import (
     TrainClip,
@@ -40,7 +42,9 @@ from dreamrelation.model.train import (
     train_step,
 )
 
-LATENT_SHAPE = (12, 5, 12, 20)  # (C, f, h, w) of a 25-frame 96x160 clip
+LATENT_SHAPE = (12, 5, 12, 20)  # (C, f, h, w) of a 25-frame 96x160 clip on Mochi
+#: The same clip on each family: latent channels and T_c differ (METHOD.md §1, §9).
+DEMO_LATENTS = {"mochi": LATENT_SHAPE, "wan": (16, 7, 12, 20)}
 VARIANTS = ("full", "plain")
 
 
@@ -100,10 +104,11 @@ class Bench:
 
     @classmethod
     def from_model_dir(cls, variant: str, model_dir: Path, device: torch.device, dtype: torch.dtype,
-                       ckpt: bool) -> Bench:
-        """A variant on its own copy of the base model in `model_dir`."""
+                       ckpt: bool, family: ModelFamily = MOCHI) -> Bench:
+        """A variant on its own copy of the `family` base model in `model_dir`."""
         cfg = make_config(variant, ckpt)
-        return cls(cfg, build_state(cfg, MOCHI, model_dir, device, dtype), MOCHI.load_vae(model_dir).config)
+        return cls(cfg, build_state(cfg, family, model_dir, device, dtype), family.load_vae(model_dir).config,
+                   DEMO_LATENTS[family.name])
 
     @classmethod
     def on_transformer(cls, variant: str, transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype,
@@ -143,7 +148,7 @@ class Bench:
 
 def peak_memory(variant: str, args: argparse.Namespace) -> dict:
     """Run `--measure-memory VARIANT` in a fresh process and read its JSON line."""
-    cmd = [sys.executable, __file__, "--measure-memory", variant, "--device", args.device,
+    cmd = [sys.executable, __file__, "--measure-memory", variant, "--family", args.family, "--device", args.device,
            "--threads", str(args.threads), "--steps", str(min(args.steps, 10)), "--models", args.models]
     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -156,7 +161,7 @@ def _rss_bytes() -> int:
 
 
 def measure_memory(variant: str, model_dir: Path, device: torch.device, dtype: torch.dtype, args) -> None:
-    bench = Bench.from_model_dir(variant, model_dir, device, dtype, args.gradient_checkpointing)
+    bench = Bench.from_model_dir(variant, model_dir, device, dtype, args.gradient_checkpointing, FAMILIES[args.family])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = 0 if device.type == "cuda" else _rss_bytes()
@@ -171,6 +176,7 @@ def measure_memory(variant: str, model_dir: Path, device: torch.device, dtype: t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=list(FAMILIES), default="mochi", help="the tiny base model's family")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant (after 5 warmup steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models: 1 is fastest)")
@@ -182,12 +188,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model_dir = MOCHI.ensure_tiny(MOCHI.tiny_dir(args.models, BaseModelConfig().tiny_seed))
+    family = FAMILIES[args.family]
+    model_dir = family.ensure_tiny(family.tiny_dir(args.models, BaseModelConfig().tiny_seed))
     if args.measure_memory:
         measure_memory(args.measure_memory, model_dir, device, dtype, args)
         return
 
-    benches = {v: Bench.from_model_dir(v, model_dir, device, dtype, args.gradient_checkpointing) for v in VARIANTS}
+    benches = {v: Bench.from_model_dir(v, model_dir, device, dtype, args.gradient_checkpointing, family)
+               for v in VARIANTS}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for i in range(args.steps + 5):
         for variant, bench in benches.items():
@@ -199,8 +207,8 @@ def main() -> None:
 
     config = benches["full"].state.transformer.config
     width = config.num_attention_heads * config.attention_head_dim
-    latents = "x".join(map(str, LATENT_SHAPE))
-    print(f"device: {device} ({args.threads} thread(s), {dtype}), tiny Mochi DiT: {config.num_layers} blocks, "
+    latents = "x".join(map(str, DEMO_LATENTS[family.name]))
+    print(f"device: {device} ({args.threads} thread(s), {dtype}), tiny {family.title} DiT: {config.num_layers} blocks, "
           f"width {width}, latents {latents}, rank 16, {args.steps} timed steps")
     labels = {"full": "full (triplet + HMT + RCL)", "plain": "plain (single LoRA, plain loss)"}
     for variant in VARIANTS:
