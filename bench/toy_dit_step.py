@@ -25,7 +25,7 @@ import torch
 from dreamrelation.config import load_toy_config
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
 from dreamrelation.model.pretrain import build_models
-from dreamrelation.model.mochi import MOCHI, flow_target, timestep_from_noise_level
+from dreamrelation.model.mochi import flow_target, timestep_from_noise_level
 from dreamrelation.model.train import add_noise
 
 BATCH, CAPTION_TOKENS, PADDED = 16, 13, 256
