@@ -59,7 +59,6 @@ class ModelFamily:
     name: str  # the `model.family` value
     title: str  # for messages: "Mochi-1", "Wan 2.1"
     hub_repo: str  # where the weights come from (only fetched with allow_download)
-    weights_profile: str  # the `model.profile` that reads real weights
     preset: str  # the config preset for those weights (`-c <preset>`)
     temporal_compression: int  # T_c of the VAE: clips of T_c k + 1 frames
     latent_channels: int  # channels of the VAE's latents (the pipeline assumes them)

@@ -26,7 +26,7 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from dreamrelation.model.config import FAMILY_TEMPORAL_COMPRESSION, FAMILY_TEXT_LENGTH, WEIGHTS_PROFILE
+from dreamrelation.model.config import FAMILY_TEMPORAL_COMPRESSION, FAMILY_TEXT_LENGTH
 from dreamrelation.model.family import AttentionLayout, ModelFamily
 from dreamrelation.model.joint_attention import trim_text_padding
 
@@ -173,7 +173,6 @@ MOCHI = ModelFamily(
     title="Mochi-1",
     hub_repo=MOCHI_REPO,
     preset="mochi-1",
-    weights_profile=WEIGHTS_PROFILE["mochi"],
     temporal_compression=FAMILY_TEMPORAL_COMPRESSION["mochi"],
     latent_channels=12,
     max_text_length=FAMILY_TEXT_LENGTH["mochi"],

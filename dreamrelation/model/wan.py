@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from dreamrelation.model.config import FAMILY_TEMPORAL_COMPRESSION, FAMILY_TEXT_LENGTH, WEIGHTS_PROFILE
+from dreamrelation.model.config import FAMILY_TEMPORAL_COMPRESSION, FAMILY_TEXT_LENGTH
 from dreamrelation.model.family import AttentionLayout, ModelFamily
 from dreamrelation.model.mochi import TINY_T5, tiny_tokenizer
 
@@ -113,7 +113,6 @@ WAN = ModelFamily(
     title="Wan 2.1",
     hub_repo=WAN_REPO,
     preset="wan2.1-t2v-1.3b",
-    weights_profile=WEIGHTS_PROFILE["wan"],
     temporal_compression=FAMILY_TEMPORAL_COMPRESSION["wan"],
     latent_channels=16,
     max_text_length=FAMILY_TEXT_LENGTH["wan"],
