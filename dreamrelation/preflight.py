@@ -26,7 +26,6 @@ from dreamrelation.data.masks import MaskConfig
 from dreamrelation.model.config import BaseModelConfig
 from dreamrelation.plan import STAGES
 
-#: The base-model folder a `mochi-1` run without `model.model_dir` reads (as `model.mochi.resolve_model_dir`).
 #: Mask backends that load a segmentation model, and the folders each reads.
 MASK_MODEL_KEYS = {"grounded-sam2": ("detector_dir", "segmenter_dir"), "skeleton-sam2": ("segmenter_dir",)}
 
@@ -59,11 +58,11 @@ def check_model(model: BaseModelConfig) -> None:
     """The base model folder is complete, or will be built (demo, no model_dir) or downloaded (allow_download)."""
     if model.profile == "demo" and model.model_dir is None:
         return  # the tiny demo model, built under models_cache on first use
-    from dreamrelation.model.families import family_of, hub_repo  # deferred: heavy (torch, diffusers)
+    from dreamrelation.model.families import family_of, hub_repo, weights_dir  # deferred: heavy (torch, diffusers)
     from dreamrelation.model.family import ModelFolderError, missing_components  # deferred: heavy (torch, diffusers)
 
     family = family_of(model)
-    folder = Path(model.model_dir) if model.model_dir else Path(model.models_cache) / hub_repo(model).split("/")[-1]
+    folder = weights_dir(model)
     if model.profile != "demo" and model.allow_download and missing_components(folder):
         return  # fetched at run time, as asked
     if model.model_dir is None and missing_components(folder):

@@ -36,6 +36,11 @@ def hub_repo(cfg: BaseModelConfig) -> str:
     return cfg.hub_repo or family_of(cfg).hub_repo
 
 
+def weights_dir(cfg: BaseModelConfig) -> Path:
+    """Where a real-weights run reads its model: `model.model_dir`, else the repository's name under the models cache."""
+    return Path(cfg.model_dir) if cfg.model_dir else Path(cfg.models_cache) / hub_repo(cfg).split("/")[-1]
+
+
 def resolve_model_dir(cfg: BaseModelConfig) -> Path:
     """The local model folder for `cfg`: the family's tiny model (built on first use) or the given folder."""
     family = family_of(cfg)
@@ -49,8 +54,7 @@ def resolve_model_dir(cfg: BaseModelConfig) -> Path:
             folder, family.title, family.preset,
         )
         return folder
-    repo = hub_repo(cfg)
-    folder = Path(cfg.model_dir) if cfg.model_dir else Path(cfg.models_cache) / repo.split("/")[-1]
+    repo, folder = hub_repo(cfg), weights_dir(cfg)
     if missing_components(folder) and cfg.allow_download:
         from huggingface_hub import snapshot_download  # deferred: only when a download is allowed
 

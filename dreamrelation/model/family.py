@@ -142,17 +142,19 @@ class ModelFamily:
         self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> torch.nn.Module:
         """The DiT from `folder/transformer`."""
-        folder = self.check_model_dir(folder)
-        model = self.transformer_class.from_pretrained(folder, subfolder="transformer", dtype=dtype, local_files_only=True)
-        return model.to(device)
+        return self._load(self.transformer_class, folder, "transformer", dtype, device)
 
     def load_vae(
         self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> torch.nn.Module:
         """The video VAE from `folder/vae`."""
-        folder = self.check_model_dir(folder)
-        vae = self.vae_class.from_pretrained(folder, subfolder="vae", dtype=dtype, local_files_only=True)
-        return vae.to(device)
+        return self._load(self.vae_class, folder, "vae", dtype, device)
+
+    def _load(self, cls: type, folder: str | Path, subfolder: str, dtype: torch.dtype,
+              device: str | torch.device) -> torch.nn.Module:
+        """A diffusers model of `cls` from `folder/subfolder`, after checking the folder is complete."""
+        model = cls.from_pretrained(self.check_model_dir(folder), subfolder=subfolder, dtype=dtype, local_files_only=True)
+        return model.to(device)
 
     def load_text_encoder(
         self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
