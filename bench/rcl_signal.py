@@ -8,6 +8,7 @@ encoded by its VAE (normalized latents), this prints std(d(z0)), std(d(eps)) and
 A ratio well below 1 means the anchors are mostly noise. Not run in CI.
 
     .venv/bin/python bench/rcl_signal.py --clips 12
+    .venv/bin/python bench/rcl_signal.py --config configs/toy/world-v2.yaml --model-dir <base>/model   # world v2
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from dreamrelation.config import ToyConfig
-from dreamrelation.data.world import RELATIONS, render_clip, sample_specs
+from dreamrelation.config import load_toy_config
+from dreamrelation.data.world import render_clip, sample_specs
 from dreamrelation.model.losses import relation_features
 from dreamrelation.model.family import LatentNorm, normalize_latents
 from dreamrelation.model.mochi import MOCHI
@@ -32,13 +33,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=12, help="clips per relation")
     parser.add_argument("--model-dir", type=Path, default=SHIPPED)
+    parser.add_argument("--config", help="toy config YAML whose world the clips come from (default: ToyConfig())")
     args = parser.parse_args()
-    world = ToyConfig().pretrain.world
+    world = load_toy_config(args.config).pretrain.world
     vae = MOCHI.load_vae(args.model_dir)
     norm = LatentNorm.from_config(vae.config)
     g = torch.Generator().manual_seed(0)
     print("| relation | std d(z0) | std d(eps) | ratio |\n|---|---|---|---|")
-    for relation in RELATIONS:
+    for relation in world.relations:
         motion, noise = [], []
         for spec in sample_specs(world, args.clips, [relation], seed=7):
             video = videos_to_tensor(render_clip(spec, world).video[None])

@@ -32,7 +32,7 @@ from dreamrelation.data.relations import (
 from dreamrelation.data.select import SelectConfig
 from dreamrelation.data.synthetic import SyntheticConfig
 from dreamrelation.data.video import VideoConfig
-from dreamrelation.evaluation.config import EvalConfig, EvalMethod, StudyConfig
+from dreamrelation.evaluation.config import EvalConfig, EvalMethod, StudyConfig, StudyV2Config
 from dreamrelation.model.config import FAMILY_TEXT_LENGTH, BaseModelConfig, PretrainConfig, TrainConfig
 from dreamrelation.stages.latents import LatentConfig
 
@@ -289,29 +289,40 @@ class ToyConfig(StrictConfig):
 
     root: str = Field(".dreamrelation/toy", description="Artifact root of the toy base and the study (folder or URL).")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="The toy base model and its gates.")
-    study: StudyConfig = Field(default_factory=StudyConfig, description="The method comparison on the toy base.")
+    study: StudyConfig = Field(default_factory=StudyConfig, description="The method comparison on the toy base (world v1).")
+    study_v2: StudyV2Config = Field(
+        default_factory=StudyV2Config,
+        description="The study, round two (issue 21), run instead of `study` when the world is version 2.",
+    )
 
     @model_validator(mode="after")
     def _targets_unseen(self) -> ToyConfig:
-        seen = [r for r in self.study.relations if r not in self.pretrain.held_out_relations]
+        study_name, study = ("study_v2", self.study_v2) if self.pretrain.world.version == 2 else ("study", self.study)
+        seen = [r for r in study.relations if r not in self.pretrain.held_out_relations]
         if seen:
             raise ValueError(
-                f"study.relations {seen} are not in pretrain.held_out_relations {self.pretrain.held_out_relations}: "
-                "the study's targets must be relations the base never saw"
+                f"{study_name}.relations {seen} are not in pretrain.held_out_relations "
+                f"{self.pretrain.held_out_relations}: the study's targets must be relations the base never saw"
             )
-        world, sample = self.pretrain.world, self.study.sample
+        world, sample = self.pretrain.world, study.sample
         if (sample.frames, sample.height, sample.width) != (world.frames, world.height, world.width):
             raise ValueError(
-                f"study.sample makes {sample.frames}x{sample.height}x{sample.width} videos but the world's clips are "
-                f"{world.frames}x{world.height}x{world.width}: set study.sample.frames/height/width to match"
+                f"{study_name}.sample makes {sample.frames}x{sample.height}x{sample.width} videos but the world's "
+                f"clips are {world.frames}x{world.height}x{world.width}: set its frames/height/width to match"
             )
         return self
 
     def quick(self) -> ToyConfig:
-        """`--quick`: one relation, one seed, 8 prompts (same training and sampling settings)."""
+        """`--quick`: one relation, one seed, 8 prompts (same training and sampling settings); round two:
+        two seeds, DreamRelation, direct LoRA and the base, 6 prompts per set."""
         study = self.study.model_copy(update={"relations": self.study.relations[:1], "seeds": self.study.seeds[:1],
                                               "prompts": min(self.study.prompts, 8)})
-        return self.model_copy(update={"study": study})
+        v2 = self.study_v2
+        study_v2 = v2.model_copy(update={
+            "seeds": v2.seeds[:2], "prompts": min(v2.prompts, 6),
+            "checkpoint_prompts": min(v2.checkpoint_prompts, 6),
+            "methods": [m for m in v2.methods if m in ("dreamrelation", "direct_lora", "base")]})
+        return self.model_copy(update={"study": study, "study_v2": study_v2})
 
 
 def load_toy_config(source: str | Path | None = None, overrides: list[str] | None = None) -> ToyConfig:

@@ -41,6 +41,7 @@ CODE_VERSIONS = {
     "evaluate": "1",
     "pretrain_base": "1",
     "study": "1",
+    "study_v2": "1",
 }
 #: The "relation" the toy-world stages report under (events, artifact keys).
 TOY = "toy-world"
@@ -221,10 +222,13 @@ def _listing_cache(root: str) -> ArtifactStore | None:
 
 
 def plan_toy(config: ToyConfig) -> dict[str, StageArtifact]:
-    """Keys of the toy base (`base/toy-<fp>`) and of the study on it (`studies/toy-<fp>`)."""
+    """Keys of the toy base (`base/toy-<fp>`) and of the studies on it (`studies/toy-<fp>`, round two
+    `studies/toy-v2-<fp>`)."""
     base_fp = fingerprint("pretrain_base", config.pretrain, [], CODE_VERSIONS["pretrain_base"])
     study_fp = fingerprint("study", config.study, [base_fp], CODE_VERSIONS["study"])
+    study_v2_fp = fingerprint("study_v2", config.study_v2, [base_fp], CODE_VERSIONS["study_v2"])
     return {
         "pretrain_base": StageArtifact("pretrain_base", TOY, base_fp, f"base/toy-{base_fp}"),
         "study": StageArtifact("study", TOY, study_fp, f"studies/toy-{study_fp}"),
+        "study_v2": StageArtifact("study_v2", TOY, study_v2_fp, f"studies/toy-v2-{study_v2_fp}"),
     }

@@ -135,12 +135,12 @@ def test_bad_input_is_a_clear_error(frames, message):
 
 def test_parameters_are_current_and_regenerate_deterministically(tmp_path):
     params = load_params()
-    assert params.version == JUDGE_VERSION and params.fit["config"] == CONFIG.model_dump(mode="json")
+    assert params.version == JUDGE_VERSION and params.fit["config"] == CONFIG.key_dump()
     tiny = [fit_judge(CONFIG, clips_per_relation=1, seed=7, degraded=False) for _ in range(2)]
     assert tiny[0] == tiny[1]
     stale = tmp_path / "params.json"
     stale.write_text(params.model_copy(update={"version": JUDGE_VERSION + 1}).model_dump_json())
-    with pytest.raises(ValueError, match="bench/judge.py --write-params"):
+    with pytest.raises(ValueError, match="bench/judge.py --world 1 --write-params"):
         load_params(stale)
     with pytest.raises(FileNotFoundError, match="missing"):
         load_params(tmp_path / "absent.json")

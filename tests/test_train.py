@@ -113,6 +113,32 @@ def test_idle_adapters_stay_bit_identical(tiny_dir: Path, text: Text, vae_config
         assert (param in state.optimizer.state) == (name in touched)
 
 
+def test_idle_adapters_decay_as_in_the_authors_code(tiny_dir: Path, text: Text, vae_config) -> None:
+    """`idle_adapters: decay`: an adapter left out of a step still gets AdamW's weight decay
+    (w <- w (1 - lr wd), by hand) and, once it has moments, its momentum (issue 21 §4)."""
+    cfg = tiny_train_config(steps=12, weight_decay=0.1, warmup_steps=0, idle_adapters="decay")
+    clips = make_clips(text)
+    state = T.build_state(cfg, MOCHI, tiny_dir, torch.device("cpu"), torch.float32)
+    moved_while_idle_with_momentum = False
+    for _ in range(6):
+        lr = state.lr_scheduler.get_last_lr()[0]
+        before = _snapshot(state.transformer)
+        had_moments = {n for n, p in lora.lora_parameters(state.transformer).items()
+                       if p in state.optimizer.state and state.optimizer.state[p]["exp_avg"].abs().sum() > 0}
+        record = T.train_step(state, clips, text.empty, vae_config, cfg)
+        after = _snapshot(state.transformer)
+        active = set(lora.select_lora_group(record["group"]))
+        for name in before:
+            if lora.adapter_of(name) in active:
+                continue
+            if name in had_moments:
+                moved_while_idle_with_momentum |= not torch.allclose(after[name], before[name] * (1 - lr * 0.1))
+            else:  # zero gradient, zero moments: weight decay alone
+                assert torch.allclose(after[name], before[name] * (1 - lr * 0.1), atol=1e-9), name
+    assert moved_while_idle_with_momentum
+    assert TrainConfig().key_dump() == TrainConfig(idle_adapters="frozen").key_dump()  # old keys unchanged
+
+
 def test_group_choice_and_dropout_are_seeded_per_step(tiny_dir: Path, text: Text, vae_config) -> None:
     cfg = tiny_train_config(steps=4, caption_dropout=0.5)
     records = []

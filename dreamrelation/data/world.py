@@ -25,6 +25,16 @@ subjects' bounding boxes (rest pose); masks are modal (the front subject owns ov
 pixels). Everything random comes from `ClipSpec.seed` (rendering) or the `seed` given to
 `sample_specs` (which clips), so a spec and a config always render the same clip.
 
+World v2 (issue 21 §1; `WorldConfig.version = 2`, made by `world_v2()`) gives every clip
+attributes a tiny base can draw from text, each named in a pretraining caption with probability
+`name_probability`: a *scene* (plain, vertical stripes, a checkerboard or a split background,
+structures of 16-pixel bands that the 8x VAE keeps), a *body* (tall, wide or round silhouettes:
+v2's kinds, shared by both subjects) and a *scale* (small or big). It adds a target relation
+whose dynamics change the frame's spatial mean (`loom`: the actor grows as it approaches), so
+RCL's anchors (METHOD.md §4) carry signal. Captions read "A big dark tall figure is looming over
+a big light tall figure on a checkered background."; an unnamed attribute is left out. Version 1
+clips, captions and keys are unchanged.
+
 Plain Python (numpy + cv2); no model code, no Prefect. One module because it is one thing, the
 world: its vocabulary, sampling, motion, drawing and dataset files change together (a new
 relation touches the vocabulary, a motion function and nothing else).
@@ -38,7 +48,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -113,6 +123,34 @@ KINDS: dict[str, Kind] = {
     )
 }
 
+#: World v2's target whose dynamics move the frame's spatial mean (issue 21 §1).
+LOOM = Relation("loom", "is looming over", "the actor walks up to the other, growing to 1.6x its size; the other stays")
+#: Every relation of either world version (v1 pools may not use `loom`).
+ALL_RELATIONS: dict[str, Relation] = {**RELATIONS, LOOM.slug: LOOM}
+
+#: World v2's kinds: body silhouettes (filled ellipses of about equal area) the base can draw.
+BODIES: dict[str, Kind] = {
+    k.slug: k
+    for k in (
+        Kind("tall", "tall figure", 0.28, 0.62),
+        Kind("wide", "wide figure", 0.62, 0.28),
+        Kind("round", "round figure", 0.42, 0.42),
+    )
+}
+ALL_KINDS: dict[str, Kind] = {**KINDS, **BODIES}
+BODY_NOUN = "figure"  # a v2 subject whose body the caption leaves unnamed
+
+#: World v2's scenes: background structure with 16-pixel bands (two latent cells of the 8x VAE).
+SCENES = ("plain", "stripes", "checkerboard", "split")
+SCENE_WORDS = {"plain": "plain", "stripes": "striped", "checkerboard": "checkered", "split": "split"}
+SCENE_LOW, SCENE_HIGH = 112.0, 140.0  # the two grey levels of a structured scene (mid-grey luma)
+SCENE_BAND = 16  # pixels per stripe / checker cell
+#: World v2's scales: glyph size ranges (fraction of the frame height) of small and big subjects.
+SCALES: dict[str, tuple[float, float]] = {"small": (0.22, 0.26), "big": (0.34, 0.38)}
+LOOM_GROWTH = 1.6
+#: Clip attributes a v2 caption may name.
+NAMEABLE = ("scene", "body", "scale")
+
 # Saturated base hues; the dark and light variants are derived with fixed luminance.
 _HUES: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40), "orange": (240, 140, 20), "yellow": (240, 220, 30),
@@ -150,7 +188,8 @@ class SubjectSpec(StrictConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: str = Field(description=f"Subject kind (shape), one of {', '.join(KINDS)}.")
+    kind: str = Field(description=f"Subject kind (shape), one of {', '.join(KINDS)}; in world v2 a body, "
+                      f"one of {', '.join(BODIES)}.")
     contrast: Contrast = Field(description="'dark' (darker than the background) or 'light' (lighter).")
     colour: str = Field(description=f"Palette colour, one of {', '.join(_HUES)}.")
     size: float = Field(gt=0.05, lt=0.6, description="Glyph size as a fraction of the frame height.")
@@ -158,8 +197,8 @@ class SubjectSpec(StrictConfig):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value not in KINDS:
-            raise ValueError(f"unknown kind {value!r}; kinds are {', '.join(KINDS)}")
+        if value not in ALL_KINDS:
+            raise ValueError(f"unknown kind {value!r}; kinds are {', '.join(ALL_KINDS)}")
         return value
 
     @field_validator("colour")
@@ -174,10 +213,10 @@ class SubjectSpec(StrictConfig):
         """The RGB value the subject is drawn with."""
         return PALETTE[self.colour][self.contrast]
 
-    def phrase(self, contrast: bool = True, colour: bool = True) -> str:
-        """Noun phrase without article, e.g. 'dark red triangle'."""
-        words = ([self.contrast] if contrast else []) + ([self.colour] if colour else []) + [KINDS[self.kind].noun]
-        return " ".join(words)
+    def phrase(self, contrast: bool = True, colour: bool = True, kind: bool = True) -> str:
+        """Noun phrase without article, e.g. 'dark red triangle' ('dark figure' for an unnamed v2 body)."""
+        noun = ALL_KINDS[self.kind].noun if kind else BODY_NOUN
+        return " ".join(([self.contrast] if contrast else []) + ([self.colour] if colour else []) + [noun])
 
 
 class ClipSpec(StrictConfig):
@@ -185,20 +224,44 @@ class ClipSpec(StrictConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    relation: str = Field(description=f"Relation slug, one of {', '.join(RELATIONS)}.")
+    added_later: ClassVar[dict[str, Any]] = {"scene": None, "scale": None, "named": None}
+
+    relation: str = Field(description=f"Relation slug, one of {', '.join(ALL_RELATIONS)}.")
     subjects: tuple[SubjectSpec, SubjectSpec] = Field(description="The actor (0) and the other subject (1).")
     seed: int = Field(ge=0, description="Seed of the clip's motion, layout and background.")
+    scene: str | None = Field(None, description=f"World v2: the background, one of {', '.join(SCENES)}.")
+    scale: str | None = Field(None, description=f"World v2: both subjects' size class, one of {', '.join(SCALES)}.")
+    named: tuple[str, ...] | None = Field(
+        None, description=f"World v2: the clip attributes its caption names, from {', '.join(NAMEABLE)}."
+    )
 
     @field_validator("relation")
     @classmethod
     def _known_relation(cls, value: str) -> str:
-        if value not in RELATIONS:
-            raise ValueError(f"unknown relation {value!r}; relations are {', '.join(RELATIONS)}")
+        if value not in ALL_RELATIONS:
+            raise ValueError(f"unknown relation {value!r}; relations are {', '.join(ALL_RELATIONS)}")
         return value
+
+    @model_validator(mode="after")
+    def _known_attributes(self) -> ClipSpec:
+        if self.scene is not None and self.scene not in SCENES:
+            raise ValueError(f"unknown scene {self.scene!r}; scenes are {', '.join(SCENES)}")
+        if self.scale is not None and self.scale not in SCALES:
+            raise ValueError(f"unknown scale {self.scale!r}; scales are {', '.join(SCALES)}")
+        if self.named is not None and not set(self.named) <= set(NAMEABLE):
+            raise ValueError(f"named must be a subset of {', '.join(NAMEABLE)}, got {self.named}")
+        return self
+
+    @property
+    def body(self) -> str:
+        """The actor's kind (in world v2 both subjects share this body)."""
+        return self.subjects[0].kind
 
 
 class WorldConfig(StrictConfig):
-    """Clip format and the pools `sample_specs` draws from (issue 13 §1)."""
+    """Clip format and the pools `sample_specs` draws from (issue 13 §1; version 2: issue 21 §1)."""
+
+    added_later: ClassVar[dict[str, Any]] = {"version": 1, "scenes": list(SCENES), "name_probability": 0.7}
 
     frames: FrameCount = Field(25, description="Frames per clip; 6k+1 for the causal VAE (25 -> 5 latent frames).")
     height: FrameSide = Field(64, description="Frame height in pixels (multiple of 16; 64 -> 8 latent rows).")
@@ -225,15 +288,32 @@ class WorldConfig(StrictConfig):
     video_format: Literal["mp4", "avi"] = Field("mp4", description="Video files: H.264 .mp4 or Motion-JPEG .avi.")
     store_frames: bool = Field(True, description="Also store the lossless uint8 frames in each clip's .npz.")
     seed: int = Field(0, ge=0, description="Default seed of `sample_specs` (which clips are drawn).")
+    version: Literal[1, 2] = Field(
+        1, description="World version: 1 (kinds as glyphs on plain backgrounds) or 2 (scenes, bodies, scales and "
+        "the loom relation, issue 21; `world_v2()` gives its defaults).",
+    )
+    scenes: list[str] = Field(default=list(SCENES), description=f"World v2: scenes drawn from, of {', '.join(SCENES)}.")
+    name_probability: float = Field(
+        0.7, ge=0, le=1, description="World v2: chance that a caption names each of scene, body and scale."
+    )
 
-    @field_validator("relations", "kinds", "colours")
+    @field_validator("relations", "kinds", "colours", "scenes")
     @classmethod
     def _known_names(cls, value: list[str], info) -> list[str]:
-        known = {"relations": RELATIONS, "kinds": KINDS, "colours": PALETTE}[info.field_name]
+        known = {"relations": ALL_RELATIONS, "kinds": ALL_KINDS, "colours": PALETTE, "scenes": SCENES}[info.field_name]
         unknown = [v for v in value if v not in known]
         if unknown or not value or len(set(value)) != len(value):
             raise ValueError(f"{info.field_name} must be distinct names from {', '.join(known)}; got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _version_pools(self) -> WorldConfig:
+        kinds, relations = (KINDS, RELATIONS) if self.version == 1 else (BODIES, ALL_RELATIONS)
+        wrong = [k for k in self.kinds if k not in kinds] + [r for r in self.relations if r not in relations]
+        if wrong:
+            raise ValueError(f"world version {self.version} has no {', '.join(wrong)}: its kinds are "
+                             f"{', '.join(kinds)} and its relations {', '.join(relations)}")
+        return self
 
     @model_validator(mode="after")
     def _check_ranges(self) -> WorldConfig:
@@ -248,6 +328,14 @@ class WorldConfig(StrictConfig):
         if self.width < self.height:
             raise ValueError(f"width ({self.width}) must be >= height ({self.height}): relations play out left-right")
         return self
+
+
+def world_v2(**overrides: Any) -> WorldConfig:
+    """World v2's defaults (issue 21 §1): bodies, every scene and relation (loom included), captions
+    that name the contrast but not the colour (the VAE does not keep colour)."""
+    settings: dict[str, Any] = {"version": 2, "kinds": list(BODIES), "relations": list(ALL_RELATIONS),
+                                "caption_colour": False, "gait": False, **overrides}
+    return WorldConfig(**settings)
 
 
 @dataclass(frozen=True)
@@ -277,10 +365,19 @@ def _with_article(phrase: str) -> str:
 
 
 def caption(spec: ClipSpec, config: WorldConfig | None = None) -> str:
-    """The paper-style caption, e.g. 'A dark red triangle is pushing a light blue circle.'."""
+    """The paper-style caption, e.g. 'A dark red triangle is pushing a light blue circle.'.
+
+    World v2 names only the attributes in `spec.named`: 'A big dark tall figure is pushing a big
+    light tall figure on a checkered background.', or 'A dark figure is pushing a light figure.'.
+    """
     config = config or WorldConfig()
-    a, b = (s.phrase(config.caption_contrast, config.caption_colour) for s in spec.subjects)
-    text = f"{_with_article(a)} {RELATIONS[spec.relation].verb} {_with_article(b)}."
+    named = set(spec.named or ()) if config.version == 2 else set()
+    a, b = (s.phrase(config.caption_contrast, config.caption_colour, config.version == 1 or "body" in named)
+            for s in spec.subjects)
+    if "scale" in named:
+        a, b = f"{spec.scale} {a}", f"{spec.scale} {b}"
+    scene = f" on {_with_article(SCENE_WORDS[spec.scene])} background" if "scene" in named and spec.scene else ""
+    text = f"{_with_article(a)} {ALL_RELATIONS[spec.relation].verb} {_with_article(b)}{scene}."
     return text[0].upper() + text[1:]
 
 
@@ -317,18 +414,31 @@ def sample_specs(
     relations: Sequence[str] | None = None,
     kinds: Sequence[str] | None = None,
     seed: int | None = None,
+    scenes: Sequence[str] | None = None,
+    scales: Sequence[str] | None = None,
+    named: Sequence[str] | None = None,
 ) -> list[ClipSpec]:
-    """`n` clip specs, deterministic for (config, relations, kinds, seed).
+    """`n` clip specs, deterministic for (config, relations, kinds, seed, scenes, scales, named).
 
     Relations are balanced (each appears n // len or one more times, in shuffled order);
     both subjects' kinds are drawn independently from `kinds` (so kinds=['person'] gives
     person+person exemplars, and a list without 'person' gives held-out non-person prompts);
     one subject is dark and the other light; colours and sizes are drawn from the config.
     `relations`/`kinds` default to the config's pools; `seed` defaults to `config.seed`.
+
+    World v2 (issue 21 §1): one body (from `kinds`), scale and scene per clip, drawn from the
+    given pools (default: all); the caption names each of scene, body and scale with probability
+    `config.name_probability`, or exactly the attributes in `named` when it is given.
     """
     relations = list(config.relations if relations is None else relations)
     kinds = list(config.kinds if kinds is None else kinds)
-    for name, pool, known in (("relations", relations, RELATIONS), ("kinds", kinds, KINDS)):
+    version_kinds, version_relations = (KINDS, RELATIONS) if config.version == 1 else (BODIES, ALL_RELATIONS)
+    pools = [("relations", relations, version_relations), ("kinds", kinds, version_kinds)]
+    if config.version == 2:
+        scenes = list(config.scenes if scenes is None else scenes)
+        scales = list(SCALES if scales is None else scales)
+        pools += [("scenes", scenes, SCENES), ("scales", scales, SCALES), ("named", list(named or NAMEABLE), NAMEABLE)]
+    for name, pool, known in pools:
         unknown = [v for v in pool if v not in known]
         if unknown or not pool:
             raise ValueError(f"{name} must be a non-empty list of {', '.join(known)}; got {pool}")
@@ -340,16 +450,24 @@ def sample_specs(
     specs = []
     for relation in order:
         dark_first = bool(rng.integers(2))
-        subjects = tuple(
-            SubjectSpec(
-                kind=str(rng.choice(kinds)),
-                contrast="dark" if (i == 0) == dark_first else "light",
-                colour=str(rng.choice(config.colours)),
-                size=float(np.round(rng.uniform(*config.size_range), 4)),
+        contrasts = ["dark" if (i == 0) == dark_first else "light" for i in range(2)]
+        if config.version == 1:
+            subjects = tuple(
+                SubjectSpec(kind=str(rng.choice(kinds)), contrast=contrasts[i], colour=str(rng.choice(config.colours)),
+                            size=float(np.round(rng.uniform(*config.size_range), 4)))
+                for i in range(2)
             )
+            specs.append(ClipSpec(relation=relation, subjects=subjects, seed=int(rng.integers(2**31 - 1))))
+            continue
+        body, scale, scene = str(rng.choice(kinds)), str(rng.choice(scales)), str(rng.choice(scenes))
+        said = tuple(a for a in NAMEABLE if rng.random() < config.name_probability)
+        subjects = tuple(
+            SubjectSpec(kind=body, contrast=contrasts[i], colour=str(rng.choice(config.colours)),
+                        size=float(np.round(rng.uniform(*SCALES[scale]), 4)))
             for i in range(2)
         )
-        specs.append(ClipSpec(relation=relation, subjects=subjects, seed=int(rng.integers(2**31 - 1))))
+        specs.append(ClipSpec(relation=relation, subjects=subjects, seed=int(rng.integers(2**31 - 1)), scene=scene,
+                              scale=scale, named=said if named is None else tuple(a for a in NAMEABLE if a in named)))
     return specs
 
 
@@ -454,11 +572,30 @@ def _orbit(g: _Layout, rng: np.random.Generator) -> Tracks:
     return rx * np.cos(angle), zeros, np.stack([ry * np.sin(angle), zeros])
 
 
+def _loom(g: _Layout, rng: np.random.Generator) -> Tracks:
+    """World v2: the actor walks up to the other (which stays), growing to LOOM_GROWTH x (`_growth`)."""
+    grown = g.half[0, 0] * LOOM_GROWTH + g.half[1, 0]
+    far = rng.uniform(0.85, 1.0) * (g.width - 2 * _MARGIN - grown)
+    near = min(grown + rng.uniform(0.1, 0.3) * g.mean_size, far)
+    p = smoothstep(g.t, rng.uniform(0.0, 0.12), rng.uniform(0.75, 0.95)) * (far - near)
+    return p, np.full(g.frames, far), None
+
+
 _MOTIONS: dict[str, Callable[[_Layout, np.random.Generator], Tracks]] = {
     "approach": _approach, "apart": _apart, "push": _push, "follow": _follow,
-    "shake_hands": _shake_hands, "hug": _hug, "orbit": _orbit,
+    "shake_hands": _shake_hands, "hug": _hug, "orbit": _orbit, "loom": _loom,
 }
-assert set(_MOTIONS) == set(RELATIONS)
+assert set(_MOTIONS) == set(ALL_RELATIONS)
+
+
+def _growth(spec: ClipSpec, centres: np.ndarray) -> np.ndarray:
+    """(T, 2) size factors: 1, except the looming actor's, which grows with its progress to LOOM_GROWTH."""
+    scale = np.ones(centres.shape[:2], np.float32)
+    if spec.relation == "loom":
+        travel = centres[:, 0, 0] - centres[0, 0, 0]
+        progress = travel / travel[-1] if abs(travel[-1]) > 1e-6 else np.linspace(0, 1, len(travel))
+        scale[:, 0] = 1 + (LOOM_GROWTH - 1) * np.clip(progress, 0, 1)
+    return scale
 
 
 def _place(relative: np.ndarray, low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -472,14 +609,15 @@ def _place(relative: np.ndarray, low: np.ndarray, high: np.ndarray, rng: np.rand
 def _trajectories(spec: ClipSpec, config: WorldConfig, rng: np.random.Generator) -> tuple[np.ndarray, _Layout]:
     """(T, 2, 2) centres and the layout: relative motion, mirrored at random, placed in the frame."""
     size = np.array([s.size for s in spec.subjects]) * config.height
-    kinds = [KINDS[s.kind] for s in spec.subjects]
+    kinds = [ALL_KINDS[s.kind] for s in spec.subjects]
     half = np.array([[k.half_width, k.half_height] for k in kinds]) * size[:, None]
     layout = _Layout(config.frames, config.height, config.width, size, half)
     xa, xb, ys = _MOTIONS[spec.relation](layout, rng)
     x = np.stack([xa, xb]) * (1 if rng.integers(2) else -1)
-    low, high = _MARGIN + half, np.array([config.width, config.height]) - _MARGIN - half
+    extent = half * np.array([[LOOM_GROWTH], [1.0]]) if spec.relation == "loom" else half
+    low, high = _MARGIN + extent, np.array([config.width, config.height]) - _MARGIN - extent
     if ys is None:  # a straight line, tilted a little, subjects a little off it
-        contact_like = spec.relation in ("push", "shake_hands", "hug")
+        contact_like = spec.relation in ("push", "shake_hands", "hug", "loom")
         spread = (0.03 if contact_like else 0.08) * config.height
         y = rng.uniform(-0.15, 0.15) * x + rng.uniform(-spread, spread, (2, 1))
         if float(np.min(high[:, 1] - low[:, 1] - np.ptp(y, axis=1))) < 0:
@@ -559,6 +697,10 @@ def _draw_glyph(
         for side in ("left", "right"):
             line(joint["shoulders"], joint[f"{side}_hand"])
             line(joint["pelvis"], joint[f"{side}_foot"])
+    elif kind in BODIES:
+        body = BODIES[kind]
+        axes = (round(body.half_width * size * (1 << _SHIFT)), round(body.half_height * size * (1 << _SHIFT)))
+        cv2.ellipse(canvas, tuple(map(int, at([(0, 0)])[0])), axes, 0, 0, 360, 255, -1, aa, _SHIFT)
     elif kind == "dog":
         centre_body = at([(-0.04, -0.03)])[0]
         axes = (round(0.36 * size * (1 << _SHIFT)), round(0.15 * size * (1 << _SHIFT)))
@@ -585,6 +727,27 @@ def _background(config: WorldConfig, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
+def _scene_background(scene: str, config: WorldConfig, rng: np.random.Generator) -> np.ndarray:
+    """World v2: a faintly tinted (H, W, 3) float scene of two grey levels in SCENE_BAND-pixel bands."""
+    h, w = config.height, config.width
+    tint = rng.uniform(-8, 8, 3)
+    tint = tint - float(tint @ LUMA)
+    low, high = (SCENE_LOW, SCENE_HIGH) if rng.integers(2) else (SCENE_HIGH, SCENE_LOW)
+    y, x = np.mgrid[:h, :w]
+    px, py = rng.integers(2 * SCENE_BAND, size=2)
+    if scene == "plain":
+        on = np.zeros((h, w), bool)
+        low = high = rng.uniform(SCENE_LOW, SCENE_HIGH)
+    elif scene == "stripes":
+        on = ((x + px) // SCENE_BAND) % 2 == 1
+    elif scene == "checkerboard":
+        on = ((x + px) // SCENE_BAND + (y + py) // SCENE_BAND) % 2 == 1
+    else:  # split: two halves, the border somewhere about the middle
+        on = y >= int(rng.uniform(0.35, 0.65) * h)
+    level = np.where(on, high, low).astype(np.float32)
+    return level[:, :, None] + tint.astype(np.float32)
+
+
 def _gait(track: np.ndarray, size: float, on: bool) -> tuple[np.ndarray, np.ndarray]:
     """Facing (+1 right / -1 left) and leg swing (-1..1) per frame from a (T, 2) track."""
     step = np.diff(track[:, 0], prepend=track[:1, 0])
@@ -606,9 +769,13 @@ def render_clip(spec: ClipSpec, config: WorldConfig | None = None, drawn: Sequen
     undrawn subject still moves as the relation says, but is invisible and its masks are empty.
     """
     config = config or WorldConfig()
-    rng = np.random.default_rng([spec.seed, WORLD_VERSION])
+    rng = np.random.default_rng([spec.seed, config.version])
     centres, layout = _trajectories(spec, config, rng)
-    background = _background(config, rng)
+    if config.version == 1:
+        background = _background(config, rng)
+    else:
+        background = _scene_background(spec.scene or "plain", config, rng)
+    growth = _growth(spec, centres)
     facing, swing = zip(*(_gait(centres[:, i], layout.size[i], config.gait) for i in range(2)))
     # A subject still at the start faces the other one.
     for i in range(2):
@@ -627,7 +794,8 @@ def render_clip(spec: ClipSpec, config: WorldConfig | None = None, drawn: Sequen
         canvas[:] = 0
         for i in drawn:
             subject = spec.subjects[i]
-            _draw_glyph(canvas[i], subject.kind, centres[k, i], layout.size[i], int(facing[i][k]), float(swing[i][k]))
+            _draw_glyph(canvas[i], subject.kind, centres[k, i], layout.size[i] * growth[k, i], int(facing[i][k]),
+                        float(swing[i][k]))
         image = background.copy()
         first = 1 - front[k]
         for i in (first, front[k]):
@@ -740,8 +908,8 @@ def write_world_dataset(
     records = _records(folder, specs, config)
     index = _read_index(folder)
     wanted = {
-        "generator": "dreamrelation.world", "version": WORLD_VERSION, "complete": True,
-        "config": config.model_dump(mode="json"), "specs": [s.model_dump(mode="json") for s in specs],
+        "generator": "dreamrelation.world", "version": config.version, "complete": True,
+        "config": config.key_dump(), "specs": [s.key_dump() for s in specs],
     }
     paths = [p for r in records for p in (r.video, r.caption_file, r.arrays)]
     if index and {k: index.get(k) for k in wanted} == wanted and all(p.exists() for p in paths):
@@ -764,7 +932,7 @@ def write_world_dataset(
             f"world dataset {folder}: {clash[0]} exists but was not written by the world generator; "
             "refusing to overwrite it (move it away, or use another folder)"
         )
-    _write_json(folder / INDEX_NAME, {"generator": "dreamrelation.world", "version": WORLD_VERSION,
+    _write_json(folder / INDEX_NAME, {"generator": "dreamrelation.world", "version": config.version,
                                       "complete": False, "files": sorted(ours | set(files))})
     for old in sorted(ours - set(files)):
         (folder / old).unlink(missing_ok=True)

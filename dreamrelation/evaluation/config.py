@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from dreamrelation.configbase import StrictConfig
-from dreamrelation.data.world import WorldConfig
+from dreamrelation.data.world import BODIES, SCALES, SCENES, WorldConfig, world_v2
 from dreamrelation.model.config import LoraTripletConfig, SampleConfig, TrainConfig, toy_sample_config
 from dreamrelation.perception.config import ClipMetricConfig, FVDConfig, VLMConfig
 
@@ -219,4 +219,70 @@ class StudyConfig(StrictConfig):
         unknown = [m for m in self.methods if m not in STUDY_METHODS]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; methods are {', '.join(STUDY_METHODS)}")
+        return self
+
+
+# --------------------------------------------------------------------------- the study, round two (issue 21 §4)
+
+#: Round two's methods: round one's, the mask weight lambda_m at 0 and 5 (50 is DreamRelation's),
+#: and idle adapters that keep AdamW's momentum and weight decay (the authors' code).
+STUDY_V2_METHODS = ("dreamrelation", "direct_lora", "base", "no_hmt", "no_rcl", "lambda_m_0", "lambda_m_5",
+                    "idle_decay")
+
+
+def study_v2_train_config() -> TrainConfig:
+    """Round two's training, the same for every method (fixed before comparing): round one's, longer."""
+    return study_train_config().model_copy(update={"steps": 600, "checkpoint_every": 100})
+
+
+class StudyV2Config(StrictConfig):
+    """The study, round two (issue 21 §4): fixed before any method is compared.
+
+    Exemplars are all in one scene, with one body and one scale; the caption names the body only.
+    P1 prompts name another scene, body and scale; P2 prompts name another body only (the base
+    rate of drifting into the exemplars' scene). Every method is judged at each of `eval_steps`.
+    """
+
+    relations: list[str] = Field(
+        default=["loom"], description="Target relations (unseen by the base). Loom alone fits the 60-minute budget; "
+        "push is held out of the base too and can be added (about twice the time).")
+    methods: list[str] = Field(default=list(STUDY_V2_METHODS),
+                               description=f"Methods to compare, from {', '.join(STUDY_V2_METHODS)}.")
+    seeds: list[int] = Field(default=[0, 1, 2, 3, 4], min_length=1, description="Training (and sampling) seeds.")
+    exemplars: int = Field(default=20, ge=1, description="Exemplar clips per relation.")
+    exemplar_scene: str = Field(default="checkerboard", description="The one scene of every exemplar.")
+    exemplar_body: str = Field(default="tall", description="The body of both subjects of every exemplar.")
+    exemplar_scale: str = Field(default="big", description="The scale of every exemplar.")
+    prompts: int = Field(default=20, ge=1, description="Prompts per set (P1, P2) and relation at the last step.")
+    checkpoint_prompts: int = Field(
+        default=10, ge=1, description="P1 prompts judged at the steps before the last (the curve's earlier points)."
+    )
+    eval_steps: list[int] = Field(default=[100, 200, 400, 600], min_length=1,
+                                  description="Training steps at which every method is judged; the last is the run's end.")
+    train: TrainConfig = Field(default_factory=study_v2_train_config, description="Training, the same for every method.")
+    sample: SampleConfig = Field(
+        default_factory=lambda: toy_sample_config(world_v2(), steps=16), description="Sampling of the prompts."
+    )
+    probe_margin: float = Field(
+        default=0.3, description="Leak probe: direct LoRA's P1 scene leak must exceed the base's by this, or the "
+        "study stops before comparing methods (the world would have nothing to decouple)."
+    )
+    resamples: int = Field(default=2000, ge=100, description="Bootstrap resamples of every confidence interval.")
+    strip_prompts: int = Field(default=2, ge=0, description="P1 prompts kept as frame strips per method.")
+    workers: int = Field(default=2, ge=1, description="Runs trained and judged at once, one process and one torch "
+                         "thread each (the numbers do not depend on it).")
+    seed: int = Field(default=0, description="Seed of the exemplar and prompt draws and of the bootstrap.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyV2Config:
+        unknown = [m for m in self.methods if m not in STUDY_V2_METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; methods are {', '.join(STUDY_V2_METHODS)}")
+        for name, value, known in (("exemplar_scene", self.exemplar_scene, SCENES),
+                                   ("exemplar_body", self.exemplar_body, BODIES),
+                                   ("exemplar_scale", self.exemplar_scale, SCALES)):
+            if value not in known:
+                raise ValueError(f"{name}: unknown {value!r}; choose from {', '.join(known)}")
+        if sorted(set(self.eval_steps)) != self.eval_steps or self.eval_steps[-1] != self.train.steps:
+            raise ValueError(f"eval_steps {self.eval_steps} must increase and end at train.steps ({self.train.steps})")
         return self

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dreamrelation.configbase import StrictConfig  # base of the config models: unknown keys are errors
 from dreamrelation.data.video import FrameCount, FrameSide
-from dreamrelation.data.world import RELATIONS, WorldConfig
+from dreamrelation.data.world import WorldConfig
 
 
 Family = Literal["mochi", "wan"]
@@ -184,6 +184,7 @@ class TrainConfig(StrictConfig):
     #: Fields that only change what is reported, never what is trained: left out of `str(config)`
     #: and `key_dump()` at any value, so they never change the training artifact's key.
     not_in_key: ClassVar[frozenset[str]] = frozenset({"log_every"})
+    added_later: ClassVar[dict[str, Any]] = {"idle_adapters": "frozen"}
 
     steps: int = Field(default=2400, ge=1, description="Optimizer steps (batch size 1).")
     min_clips: int = Field(
@@ -214,6 +215,12 @@ class TrainConfig(StrictConfig):
         description="HMT branches whose steps add the contrastive loss and feed its memory banks "
         "(METHOD.md §4). 'all' (the authors' code): every step, so on subject steps its gradient "
         "reaches the subject LoRAs + FFN; 'relation': only relation-branch steps.",
+    )
+    idle_adapters: Literal["frozen", "decay"] = Field(
+        default="frozen",
+        description="What an adapter HMT leaves out of a step gets (METHOD.md §3): 'frozen' (our Decision: no "
+        "update at all) or 'decay' (the authors' code: a zero gradient, so AdamW still applies its momentum "
+        "and weight decay).",
     )
     caption_dropout: float = Field(
         default=0.1, ge=0, le=1, description="Probability of training on the empty prompt (for CFG)."
@@ -381,9 +388,10 @@ class PretrainConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _relations(self) -> PretrainConfig:
-        unknown = [r for r in self.held_out_relations if r not in RELATIONS]
+        unknown = [r for r in self.held_out_relations if r not in self.world.relations]
         if unknown:
-            raise ValueError(f"held_out_relations: unknown {unknown}; relations are {', '.join(RELATIONS)}")
+            raise ValueError(f"held_out_relations: {unknown} not in the world's relations "
+                             f"({', '.join(self.world.relations)})")
         if not self.seen_relations:
             raise ValueError("held_out_relations leaves no relation to pretrain on")
         return self

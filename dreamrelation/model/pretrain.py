@@ -34,7 +34,19 @@ from transformers import T5Config, T5EncoderModel, T5Tokenizer
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from dreamrelation.data.previews import format_sig
-from dreamrelation.data.world import KINDS, PALETTE, RELATIONS, WorldConfig, render_clip, sample_specs
+from dreamrelation.data.world import (
+    ALL_RELATIONS,
+    BODIES,
+    BODY_NOUN,
+    KINDS,
+    PALETTE,
+    RELATIONS,
+    SCALES,
+    SCENE_WORDS,
+    WorldConfig,
+    render_clip,
+    sample_specs,
+)
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
 from dreamrelation.model.family import normalize_latents
@@ -48,19 +60,25 @@ WORLD_WORDS = sorted(
     {"dark", "light", *PALETTE, *(k.noun for k in KINDS.values())}
     | {word for r in RELATIONS.values() for word in r.verb.split()}
 )
+#: World v2 adds its bodies, scales, scenes and the loom verb (issue 21 §1).
+WORLD_V2_WORDS = sorted(
+    set(WORLD_WORDS) | {BODY_NOUN, "on", "background", *SCALES, *SCENE_WORDS.values()}
+    | {word for k in BODIES.values() for word in k.noun.split()}
+    | {word for r in ALL_RELATIONS.values() for word in r.verb.split()}
+)
 
 
 # --------------------------------------------------------------------------- models
 
 
-def world_tokenizer() -> T5Tokenizer:
-    """The tiny offline T5 tokenizer with the world's words as whole pieces."""
-    return tiny_tokenizer(extra_words=WORLD_WORDS)
+def world_tokenizer(version: int = 1) -> T5Tokenizer:
+    """The tiny offline T5 tokenizer with the words of world `version` as whole pieces."""
+    return tiny_tokenizer(extra_words=WORLD_WORDS if version == 1 else WORLD_V2_WORDS)
 
 
 def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKLMochi, MochiTransformer3DModel, T5EncoderModel, T5Tokenizer]:
     """Fresh random VAE, DiT and T5 (METHOD.md §1 tiny-config constraints), seeded by `cfg.seed`."""
-    tokenizer = world_tokenizer()
+    tokenizer = world_tokenizer(cfg.world.version)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         channels = tuple(cfg.vae.block_channels)
@@ -327,7 +345,7 @@ def dit_data(
     if state is None:
         clips = render_set(cfg, cfg.dit.clips, cfg.seen_relations, phase=5)
         captions = [c.caption for c in clips]
-        leaked = [c for c in captions for r in cfg.held_out_relations if RELATIONS[r].verb in c]
+        leaked = [c for c in captions for r in cfg.held_out_relations if ALL_RELATIONS[r].verb in c]
         if leaked:
             raise AssertionError(f"a held-out verb in a pretraining caption: {leaked[0]}")
         state = vars(encode_training_set(vae, tokenizer, text_encoder, np.stack([c.video for c in clips]), captions))

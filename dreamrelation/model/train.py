@@ -271,7 +271,12 @@ def train_step(
             )
         loss.backward()
 
-    # 5. update: only parameters with a gradient (the active adapters) are touched
+    # 5. update: only parameters with a gradient (the active adapters) are touched, unless idle
+    # adapters decay as in the authors' code (METHOD.md §3): then they get a zero gradient
+    if cfg.idle_adapters == "decay":
+        for param in state.optimizer.param_groups[0]["params"]:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
     state.optimizer.step()
     state.lr_scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)

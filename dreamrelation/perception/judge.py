@@ -17,6 +17,14 @@ Pipeline, per video (T, H, W, 3):
    into a second softmax regression. Contrast is the sign the subject was found in; colour is
    the nearest palette entry (a bonus: colour may not survive a tiny VAE).
 
+World v2 (issue 21 §2, `world_version` 2 parameters in `judge_params_v2.json`): the subjects are
+segmented against each frame's median level (the scene's bands lie within +-14 grey levels of
+it, well under the subjects' +-50); the kind classifier reads bodies (tall / wide / round) from
+the same shape features; the scene is classified from the time-median background with dilated
+subject masks removed (row, column and checker structure); the scale (small / big) from the
+smaller subject's typical mask size; the relation features add each subject's change in area
+(the loom relation grows its actor).
+
 Both classifiers live in `judge_params.json` (small; `fit_judge` regenerates it exactly,
 `python bench/judge.py --write-params`). Report helpers give relation accuracy, subject
 fidelity (each subject has the prompted kind and contrast, either order) and appearance
@@ -26,6 +34,7 @@ leakage (a subject judged 'person' beyond the persons the prompt asked for).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +50,8 @@ from dreamrelation.data.world import (
     LUMA,
     PALETTE,
     RELATIONS,
+    SCALES,
+    SCENES,
     WORLD_VERSION,
     Contrast,
     WorldConfig,
@@ -52,6 +63,8 @@ from dreamrelation.perception.linear import Linear, fit_softmax
 
 JUDGE_VERSION = 1
 PARAMS_FILE = Path(__file__).with_name("judge_params.json")
+PARAMS_FILES = {1: PARAMS_FILE, 2: Path(__file__).with_name("judge_params_v2.json")}
+SCENE_FLOOR = 30.0  # world v2: contrast threshold floor above the scenes' +-14 grey-level bands
 MIN_FOUND = 0.5  # a subject seen in fewer frames than this fraction is "not found"
 CONTACT_GAP = 0.2  # mask gap (in subject sizes) below which the subjects touch
 MIN_FRAMES, MIN_SIDE = 4, 16  # the smallest video the judge reads: 4 frames of 16x16 pixels
@@ -84,12 +97,19 @@ class SubjectTrack:
 
 @dataclass(frozen=True)
 class Judgement:
-    """What the judge saw. `relation` is None when fewer than two subjects were found."""
+    """What the judge saw. `relation` is None when fewer than two subjects were found.
+
+    World v2 adds the `scene` and the subjects' `scale` (None with v1 parameters, or for the
+    scale when no subject was found).
+    """
 
     relation: str | None
     relation_scores: dict[str, float]
     subjects: tuple[SubjectTrack, ...]
     confidence: float
+    scene: str | None = None
+    scale: str | None = None
+    features: np.ndarray | None = field(default=None, repr=False)  # the relation features read
 
     @property
     def kinds(self) -> list[str]:
@@ -144,9 +164,14 @@ class Segmentation:
     found: np.ndarray  # (T, 2) bool
 
 
-def _contrast_map(frames: np.ndarray) -> tuple[np.ndarray, float]:
-    """Luminance minus the per-frame border median, and a noise floor for thresholds."""
+def _contrast_map(frames: np.ndarray, version: int = 1) -> tuple[np.ndarray, float]:
+    """Luminance minus the per-frame border median, and a noise floor for thresholds.
+
+    World v2: minus the per-frame median of the whole frame, with the fixed floor SCENE_FLOOR.
+    """
     lum = frames @ LUMA.astype(np.float32)
+    if version == 2:
+        return lum - np.median(lum.reshape(len(lum), -1), axis=1)[:, None, None], SCENE_FLOOR
     border = np.concatenate(
         [lum[:, :2].reshape(len(lum), -1), lum[:, -2:].reshape(len(lum), -1),
          lum[:, :, :2].reshape(len(lum), -1), lum[:, :, -2:].reshape(len(lum), -1)], axis=1
@@ -207,11 +232,11 @@ def _two_subjects(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarr
     return out[:, 0], out[:, 1]
 
 
-def segment(frames: np.ndarray) -> Segmentation:
+def segment(frames: np.ndarray, version: int = 1) -> Segmentation:
     """Masks of the dark and the light subject per frame (see the module docstring)."""
     video = as_frames(frames)
     t, h, w, _ = video.shape
-    contrast, floor = _contrast_map(video)
+    contrast, floor = _contrast_map(video, version)
     min_area = max(4, int(0.0012 * h * w))
     per_sign = []
     for sign in (-1.0, 1.0):
@@ -305,11 +330,14 @@ RELATION_FEATURES = (
 )
 
 
-def relation_features(seg: Segmentation, width: int) -> np.ndarray:
+def relation_features(seg: Segmentation, width: int, growth: bool = False) -> np.ndarray:
     """Swap-symmetric trajectory features of a two-subject segmentation (RELATION_FEATURES order).
 
-    Distances are in subject sizes (median larger box side), travel in frame widths.
+    Distances are in subject sizes (median larger box side), travel in frame widths. `growth`
+    (world v2) appends GROWTH_FEATURES: each subject's log area change, smaller first.
     """
+    if growth:
+        return np.concatenate([relation_features(seg, width), _area_change(seg)])
     t = len(seg.masks)
     times = np.linspace(0.0, 1.0, t)
     scale = float(np.nanmean(_sizes(seg)))
@@ -342,6 +370,57 @@ def relation_features(seg: Segmentation, width: int) -> np.ndarray:
         abs(tau[0] - tau[1]), tau.mean(), np.clip(handover, -5, 5),
         np.clip(distance.min(), 0, 6), times[split],
     ])
+
+
+GROWTH_FEATURES = ("area_change_min", "area_change_max")
+
+
+def _area_change(seg: Segmentation) -> np.ndarray:
+    """(2,) sorted log ratio of each subject's median mask area in the last and the first quarter."""
+    areas = seg.masks.sum(axis=(2, 3)).astype(float)  # (T, 2)
+    quarter = max(1, len(areas) // 4)
+    changes = []
+    for i in range(2):
+        first, last = areas[:quarter, i], areas[-quarter:, i]
+        first, last = first[first > 0], last[last > 0]
+        changes.append(np.log(np.median(last) / np.median(first)) if len(first) and len(last) else 0.0)
+    return np.clip(np.sort(changes), -2, 2)
+
+
+SCENE_FEATURES = ("row_structure", "column_structure", "checker_structure", "spread")
+
+
+def scene_features(video: np.ndarray, seg: Segmentation) -> np.ndarray:
+    """Structure of the background (SCENE_FEATURES order, log(1 + grey levels)), world v2.
+
+    The background is the time median of the luminance with the subjects' masks, dilated by 3
+    pixels, removed; rows of it give the split scene, columns the stripes, the residual after
+    both the checkerboard.
+    """
+    lum = video @ LUMA.astype(np.float32)
+    kernel = np.ones((7, 7), np.uint8)
+    covered = np.stack([cv2.dilate(m.any(axis=0).astype(np.uint8), kernel) for m in seg.masks]).astype(bool)
+    with warnings.catch_warnings():  # pixels covered in every frame stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        background = np.nanmedian(np.where(covered, np.nan, lum), axis=0)
+    if np.isnan(background).all():
+        return np.zeros(len(SCENE_FEATURES))
+    rows, cols = np.nanmean(background, axis=1), np.nanmean(background, axis=0)
+    middle = float(np.nanmean(background))
+    residual = background - np.nan_to_num(rows, nan=middle)[:, None] - np.nan_to_num(cols, nan=middle)[None] + middle
+    values = [np.nanstd(rows), np.nanstd(cols), np.nanmean(np.abs(residual)), np.nanstd(background)]
+    return np.log1p(np.nan_to_num(np.asarray(values, float)))
+
+
+def scale_feature(seg: Segmentation, usable: np.ndarray, height: int) -> np.ndarray | None:
+    """log of the smaller subject's median sqrt(mask area) / frame height (world v2's scale)."""
+    sides = []
+    for i in range(2):
+        frames = np.flatnonzero(usable & seg.found[:, i]) if (usable & seg.found[:, i]).sum() >= 3 else \
+            np.flatnonzero(seg.found[:, i])
+        if len(frames):
+            sides.append(np.median(np.sqrt(seg.masks[frames, i].sum(axis=(1, 2)))) / height)
+    return np.array([np.log(min(sides))]) if sides else None
 
 
 KIND_FEATURES = ("extent", "solidity", "log_aspect", "circularity", "circle_fill", "centroid_drop",
@@ -393,8 +472,10 @@ class JudgeParams(StrictConfig):
     version: int = Field(description="JUDGE_VERSION the parameters were fitted with.")
     world_version: int = Field(description="WORLD_VERSION of the clips they were fitted on.")
     fit: dict = Field(description="fit_judge arguments: world config, clips_per_relation, seed, degraded.")
-    relation_model: Linear = Field(description="Relation classifier over RELATION_FEATURES.")
-    kind_model: Linear = Field(description="Kind classifier over KIND_FEATURES.")
+    relation_model: Linear = Field(description="Relation classifier over RELATION_FEATURES (+ GROWTH_FEATURES in v2).")
+    kind_model: Linear = Field(description="Kind classifier over KIND_FEATURES (world v2: the bodies).")
+    scene_model: Linear | None = Field(None, description="World v2: scene classifier over SCENE_FEATURES.")
+    scale_model: Linear | None = Field(None, description="World v2: scale classifier over the scale feature.")
 
 
 # --------------------------------------------------------------------------- judging
@@ -406,18 +487,36 @@ def _nearest_colour(rgb: np.ndarray, contrast: Contrast) -> str:
     return names[int(np.argmin(np.linalg.norm(table - rgb, axis=1)))]
 
 
-def _features(frames: np.ndarray) -> tuple[Segmentation, np.ndarray | None, list[np.ndarray | None], np.ndarray]:
-    """Segmentation, relation features (None without two subjects), kind features per subject, video."""
+@dataclass(frozen=True)
+class Features:
+    """Everything the classifiers read from one video."""
+
+    seg: Segmentation
+    relation: np.ndarray | None  # None without two subjects
+    kinds: list[np.ndarray | None]  # per subject
+    video: np.ndarray
+    scene: np.ndarray | None = None  # world v2
+    scale: np.ndarray | None = None  # world v2
+
+
+def _features(frames: np.ndarray, version: int = 1) -> Features:
+    """Segmentation, relation features, kind features per subject, video (+ scene and scale in v2)."""
     video = as_frames(frames)
-    seg = segment(video)
+    seg = segment(video, version)
     enough = seg.found.mean(axis=0) >= MIN_FOUND
     # Shapes are read where the subjects do not touch (occlusion cuts them), when there are such frames.
     usable = np.ones(len(video), bool)
     if enough.all():
         usable = np.nan_to_num(_gaps(seg), nan=0.0) >= CONTACT_GAP * float(np.nanmean(_sizes(seg)))
     kinds = [kind_features(seg.masks[:, i], usable) if enough[i] else None for i in range(2)]
-    relation = relation_features(seg, video.shape[2]) if enough.all() else None
-    return seg, relation, kinds, video
+    relation = relation_features(seg, video.shape[2], growth=version == 2) if enough.all() else None
+    if version == 1:
+        return Features(seg, relation, kinds, video)
+    return Features(seg, relation, kinds, video, scene_features(video, seg), scale_feature(seg, usable, video.shape[1]))
+
+
+def _best(model: Linear, x: np.ndarray | None) -> str | None:
+    return None if x is None else model.labels[int(np.argmax(model.probabilities(x)[0]))]
 
 
 def judge_video(frames: np.ndarray, params: JudgeParams | None = None) -> Judgement:
@@ -427,7 +526,10 @@ def judge_video(frames: np.ndarray, params: JudgeParams | None = None) -> Judgem
     the smaller fraction of frames a subject was seen in (0 when the relation is unknown).
     """
     params = params or default_params()
-    seg, relation_x, kind_x, video = _features(frames)
+    features = _features(frames, params.world_version)
+    seg, relation_x, kind_x, video = features.seg, features.relation, features.kinds, features.video
+    scene = None if params.scene_model is None else _best(params.scene_model, features.scene)
+    scale = None if params.scale_model is None else _best(params.scale_model, features.scale)
     centres = _centres(seg)
     sizes = _sizes(seg)
     subjects = []
@@ -444,12 +546,12 @@ def judge_video(frames: np.ndarray, params: JudgeParams | None = None) -> Judgem
             track=centres[i], found=float(seg.found[:, i].mean()), size=float(sizes[i]),
         ))
     if relation_x is None:
-        return Judgement(None, {}, tuple(subjects), 0.0)
+        return Judgement(None, {}, tuple(subjects), 0.0, scene, scale)
     scores = params.relation_model.probabilities(relation_x)[0]
     best = int(np.argmax(scores))
     confidence = float(scores[best]) * float(seg.found.mean(axis=0).min())
     return Judgement(params.relation_model.labels[best], dict(zip(params.relation_model.labels, map(float, scores))),
-                     tuple(subjects), confidence)
+                     tuple(subjects), confidence, scene, scale, relation_x)
 
 
 def fit_judge(config: WorldConfig | None = None, clips_per_relation: int = 60, seed: int = 0,
@@ -462,56 +564,71 @@ def fit_judge(config: WorldConfig | None = None, clips_per_relation: int = 60, s
     config = config or WorldConfig()
     specs = sample_specs(config, clips_per_relation * len(config.relations), seed=seed)
     rng = np.random.default_rng([seed, 4242])
-    rel_x, rel_y, kind_x, kind_y = [], [], [], []
+    rel_x, rel_y, kind_x, kind_y, scene_x, scene_y, scale_x, scale_y = [], [], [], [], [], [], [], []
     for spec in specs:
         clip = render_clip(spec, config)
         videos = [clip.video] + ([degrade_video(clip.video, spec.seed, rng.uniform(0.3, 2.0))] if degraded else [])
         for video in videos:
-            seg, relation, kinds, _ = _features(video)
-            if relation is not None:
-                rel_x.append(relation)
+            found = _features(video, config.version)
+            seg = found.seg
+            if found.relation is not None:
+                rel_x.append(found.relation)
                 rel_y.append(spec.relation)
-            for i, features in enumerate(kinds):
+            for i, features in enumerate(found.kinds):
                 truth = next(s for s in spec.subjects if s.contrast == seg.contrasts[i])
                 if features is not None and seg.contrasts[0] != seg.contrasts[1]:
                     kind_x.append(features)
                     kind_y.append(truth.kind)
+            if found.scene is not None:
+                scene_x.append(found.scene)
+                scene_y.append(spec.scene)
+            if found.scale is not None:
+                scale_x.append(found.scale)
+                scale_y.append(spec.scale)
+    extra = {}
+    if config.version == 2:
+        extra = {"scene_model": fit_softmax(np.stack(scene_x), scene_y, config.scenes),
+                 "scale_model": fit_softmax(np.stack(scale_x), scale_y, list(SCALES))}
     return JudgeParams(
-        version=JUDGE_VERSION, world_version=WORLD_VERSION,
-        fit={"config": config.model_dump(mode="json"), "clips_per_relation": clips_per_relation,
+        version=JUDGE_VERSION, world_version=config.version,
+        fit={"config": config.key_dump(), "clips_per_relation": clips_per_relation,
              "seed": seed, "degraded": degraded},
         relation_model=fit_softmax(np.stack(rel_x), rel_y, config.relations),
         kind_model=fit_softmax(np.stack(kind_x), kind_y, config.kinds),
+        **extra,
     )
 
 
-def save_params(params: JudgeParams, path: str | Path = PARAMS_FILE) -> None:
+def save_params(params: JudgeParams, path: str | Path | None = None) -> None:
+    """Write fitted parameters (default: the shipped file of their world version)."""
+    path = PARAMS_FILES[params.world_version] if path is None else path
     Path(path).write_text(json.dumps(params.model_dump(mode="json"), separators=(",", ":")) + "\n")
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> JudgeParams:
+def load_params(path: str | Path | None = None, world_version: int = WORLD_VERSION) -> JudgeParams:
     """Read fitted parameters; an error names the command that regenerates stale or missing ones."""
-    regenerate = "regenerate them with `python bench/judge.py --write-params`"
+    path = PARAMS_FILES[world_version] if path is None else path
+    regenerate = f"regenerate them with `python bench/judge.py --world {world_version} --write-params`"
     try:
         params = JudgeParams.model_validate_json(Path(path).read_text())
     except OSError as exc:
         raise FileNotFoundError(f"judge parameters {path} are missing; {regenerate}") from exc
-    if (params.version, params.world_version) != (JUDGE_VERSION, WORLD_VERSION):
+    if (params.version, params.world_version) != (JUDGE_VERSION, world_version):
         raise ValueError(
             f"judge parameters {path} were fitted for judge v{params.version} / world v{params.world_version}, "
-            f"this code is judge v{JUDGE_VERSION} / world v{WORLD_VERSION}; {regenerate}"
+            f"this code is judge v{JUDGE_VERSION} / world v{world_version}; {regenerate}"
         )
     return params
 
 
-_DEFAULT: list[JudgeParams] = []
+_DEFAULT: dict[int, JudgeParams] = {}
 
 
-def default_params() -> JudgeParams:
-    """The shipped parameters (`judge_params.json`), read once."""
-    if not _DEFAULT:
-        _DEFAULT.append(load_params())
-    return _DEFAULT[0]
+def default_params(world_version: int = WORLD_VERSION) -> JudgeParams:
+    """The shipped parameters of a world version (`judge_params.json`, `judge_params_v2.json`), read once."""
+    if world_version not in _DEFAULT:
+        _DEFAULT[world_version] = load_params(world_version=world_version)
+    return _DEFAULT[world_version]
 
 
 # --------------------------------------------------------------------------- reports

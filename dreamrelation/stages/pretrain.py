@@ -31,7 +31,16 @@ import torch
 from dreamrelation.data.store import fingerprint
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import sample_specs
-from dreamrelation.evaluation.toy import as_records, judge_generations, reconstruction_report, summarize
+from dreamrelation.evaluation.toy import (
+    as_records,
+    attribute_reconstruction_report,
+    attribute_records,
+    attribute_report,
+    judge_attribute_generations,
+    judge_generations,
+    reconstruction_report,
+    summarize,
+)
 from dreamrelation.model.family import TOY_BASE_FILE
 from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.pretrain import (
@@ -51,13 +60,27 @@ MODEL_DIR, WORK_DIR, GATES_FILE, PHASES_FILE = "model", "work", "gates.json", "p
 #: What identifies an exported base (`export_base`): its fingerprint and how it was made.
 #: The reusable phases and the work file each leaves.
 PHASE_FILES = {"vae": "vae.pt", "dit_data": "dit_data.pt"}
-#: issue 13 §2: the gates the base must pass, (metric, threshold).
+#: issue 13 §2: the gates the base must pass, (part, metric, direction, threshold).
 GATES = {
-    "reconstruction relation accuracy": ("reconstruction", "relation_accuracy", 0.90),
-    "reconstruction subject identity": ("reconstruction", "subject_fidelity", 0.90),
-    "reconstruction PSNR (aim)": ("reconstruction", "psnr_db", 25.0),
-    "generation subject identity": ("generation", "subject_fidelity", 0.70),
-    "generation relation accuracy": ("generation", "relation_accuracy", 0.50),
+    "reconstruction relation accuracy": ("reconstruction", "relation_accuracy", ">=", 0.90),
+    "reconstruction subject identity": ("reconstruction", "subject_fidelity", ">=", 0.90),
+    "reconstruction PSNR (aim)": ("reconstruction", "psnr_db", ">=", 25.0),
+    "generation subject identity": ("generation", "subject_fidelity", ">=", 0.70),
+    "generation relation accuracy": ("generation", "relation_accuracy", ">=", 0.50),
+}
+#: issue 21 §3: world v2's gates. Accuracies count prompts that name the attribute; a "largest
+#: share" counts prompts that leave it unnamed (no class may take over an unbiased prior).
+GATES_V2 = {
+    "reconstruction relation accuracy": ("reconstruction", "relation_accuracy", ">=", 0.95),
+    "reconstruction scene accuracy": ("reconstruction", "scene_accuracy", ">=", 0.95),
+    "reconstruction body accuracy": ("reconstruction", "body_accuracy", ">=", 0.90),
+    "generation scene accuracy": ("generation", "scene_accuracy", ">=", 0.70),
+    "generation body accuracy": ("generation", "body_accuracy", ">=", 0.60),
+    "generation scale accuracy": ("generation", "scale_accuracy", ">=", 0.75),
+    "generation seen relation accuracy": ("generation", "relation_accuracy", ">=", 0.60),
+    "unnamed scene: largest class share": ("generation", "scene_unnamed_top_share", "<=", 0.5),
+    "unnamed body: largest class share": ("generation", "body_unnamed_top_share", "<=", 0.5),
+    "unnamed scale: largest class share": ("generation", "scale_unnamed_top_share", "<=", 0.5),
 }
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -137,13 +160,20 @@ def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | 
     model_dir = save_base_model(folder / MODEL_DIR, vae, transformer, text_encoder, tokenizer)
     train_minutes = (time.monotonic() - started) / 60
 
-    recon = reconstruction_report(vae, render_set(cfg, cfg.gates.reconstruction_clips, cfg.world.relations, phase=6))
+    clips = render_set(cfg, cfg.gates.reconstruction_clips, cfg.world.relations, phase=6)
     prompts = sample_specs(cfg.world, cfg.gates.prompts, relations=cfg.seen_relations, seed=cfg.seed + 7919)
-    judged, _ = judge_generations(MOCHI.load_pipeline(model_dir), prompts, cfg.world, cfg.gates.sample,
-                                  on_video=None if progress is None else (lambda i, n: progress("gates", i, n)))
-    measured = {"reconstruction": recon, "generation": summarize(judged)}
-    gates = {name: {"value": float(measured[part][key]), "threshold": limit, "passed": bool(measured[part][key] >= limit)}
-             for name, (part, key, limit) in GATES.items()}
+    pipe = MOCHI.load_pipeline(model_dir)
+    on_video = None if progress is None else (lambda i, n: progress("gates", i, n))
+    if cfg.world.version == 1:
+        judged, _ = judge_generations(pipe, prompts, cfg.world, cfg.gates.sample, on_video=on_video)
+        measured = {"reconstruction": reconstruction_report(vae, clips), "generation": summarize(judged)}
+        records, table = as_records(judged), GATES
+    else:
+        judged_v2, _ = judge_attribute_generations(pipe, prompts, cfg.world, cfg.gates.sample, on_video=on_video)
+        measured = {"reconstruction": attribute_reconstruction_report(vae, clips),
+                    "generation": attribute_report(judged_v2)}
+        records, table = attribute_records(judged_v2), GATES_V2
+    gates = {name: gate(measured[part][key], direction, limit) for name, (part, key, direction, limit) in table.items()}
     result = {
         "model_dir": str(model_dir),
         "seen_relations": cfg.seen_relations,
@@ -154,18 +184,26 @@ def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | 
         "dit": {"steps": dit_run.steps, "resumed_from": dit_run.resumed_from, "losses": dit_run.losses},
         "measured": measured,
         "gates": gates,
-        "generations": as_records(judged),
+        "generations": records,
     }
     (folder / GATES_FILE).write_text(json.dumps(result, indent=1))
-    for name, gate in gates.items():
-        log.info("gate %-36s %8.3f (>= %g) %s", name, gate["value"], gate["threshold"], "PASS" if gate["passed"] else "FAIL")
+    for name, g in gates.items():
+        log.info("gate %-38s %8s (%s %g) %s", name, format_sig(g["value"], missing="-"), g.get("direction", ">="),
+                 g["threshold"], "PASS" if g["passed"] else "FAIL")
     return result
+
+
+def gate(value: float | None, direction: str, threshold: float) -> dict[str, Any]:
+    """One gate's record: passed when the value is measured and on the right side of the threshold."""
+    passed = value is not None and (value >= threshold if direction == ">=" else value <= threshold)
+    return {"value": None if value is None else float(value), "direction": direction, "threshold": threshold,
+            "passed": bool(passed)}
 
 
 def gates_table(result: dict[str, Any]) -> str:
     """The gates as a markdown table."""
-    rows = [f"| {name} | {format_sig(g['value'])} | >= {g['threshold']:g} | {'pass' if g['passed'] else 'FAIL'} |"
-            for name, g in result["gates"].items()]
+    rows = [f"| {name} | {format_sig(g['value'], missing='-')} | {g.get('direction', '>=')} {g['threshold']:g} | "
+            f"{'pass' if g['passed'] else 'FAIL'} |" for name, g in result["gates"].items()]
     return "\n".join(["| gate | measured | target | |", "|---|---|---|---|", *rows])
 
 

@@ -55,6 +55,10 @@ def method_train_config(method: str, train_cfg: TrainConfig, seed: int) -> Train
         update["hmt"] = False
     elif method == "no_rcl":
         update["rcl"] = False
+    elif method.startswith("lambda_m_"):  # round two (issue 21): lambda_m_0, lambda_m_5
+        update["lambda_m"] = float(method.removeprefix("lambda_m_"))
+    elif method == "idle_decay":  # round two: the authors' idle adapters (METHOD.md §3)
+        update["idle_adapters"] = "decay"
     return train_cfg.model_copy(update=update)
 
 

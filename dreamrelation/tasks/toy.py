@@ -14,6 +14,7 @@ from dreamrelation.data.store import ArtifactStore
 from dreamrelation.plan import TOY, plan_toy
 from dreamrelation.stages.pretrain import MODEL_DIR, gates_table, pretrain_base
 from dreamrelation.stages.study import REPORT_MD, run_study
+from dreamrelation.stages.study_v2 import run_study_v2
 from dreamrelation.tasks.common import StageResult, run_stage
 from dreamrelation.tasks.ui import Progress, artifact_key
 
@@ -61,3 +62,20 @@ def study_task(config: ToyConfig, force: bool = False) -> StageResult:
         summary.update(table=result["table"].get("all", {}))
 
     return run_stage(store, plan["study"], build, force, resumable=True)
+
+
+@task(name="toy-study-v2", cache_policy=NO_CACHE)
+def study_v2_task(config: ToyConfig, force: bool = False) -> StageResult:
+    """The study, round two (issue 21): leak probe, every method at every eval step, intervals."""
+    store = ArtifactStore(config.root)
+    plan = plan_toy(config)
+    store.require(plan["pretrain_base"].key)
+    model_dir = store.local_path(plan["pretrain_base"].key) / MODEL_DIR
+
+    def build(folder: str, summary: dict[str, Any]) -> None:
+        result = run_study_v2(config.study_v2, model_dir, config.pretrain.world, folder, _PhaseProgress({}))
+        create_markdown_artifact(key=artifact_key(TOY, "study-v2"), markdown=(Path(folder) / REPORT_MD).read_text(),
+                                 description="Toy-world study, round two: leakage against relation accuracy (issue 21)")
+        summary.update(stopped=result["stopped"], probe=result["probe"])
+
+    return run_stage(store, plan["study_v2"], build, force, resumable=True)

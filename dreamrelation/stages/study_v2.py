@@ -1,0 +1,488 @@
+"""Stage `study_v2`: the study, round two (issue 21 §4). Does HMT keep the exemplars' look out?
+
+World v2 (`data/world.py`) gives every exemplar of a target relation one scene, one body and one
+scale (a checkerboard, tall, big), while the caption names only the body, as NTU captions say
+"person". A method that learns the relation *and* the exemplars' look draws a checkerboard when
+asked for stripes. Per target relation and seed, every method trains through the real loop
+(`model.train.train`, METHOD.md §3-§5) and is judged at each of `eval_steps` on
+
+- P1: prompts naming another scene, body and scale than the exemplars';
+- P2: prompts naming another body only (how often an unnamed scene drifts to the exemplars').
+
+Metrics per video (`evaluation.toy.attribute_rates`): relation, scene / body / scale follow and
+leak, joint (relation and scene and body as prompted); per method: memorisation (distance of the
+generated trajectory features to the nearest exemplar's, over that of fresh clips of the
+relation) and diversity (spread of one prompt's trajectory features across seeds).
+
+The leak probe runs first: unless direct LoRA's P1 scene leak exceeds the base's by
+`probe_margin`, the world has nothing to decouple and the study stops before comparing methods.
+Differences between methods come with paired bootstrap 95 % intervals (`evaluation.bootstrap`).
+
+Output (resumable: every judged step of every run is a file): `probe.json`, `study.json`,
+`study.md`, `front.png` (relation accuracy against scene leak, one curve per method) and
+`strips/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from dreamrelation.data.previews import format_sig
+from dreamrelation.data.world import NAMEABLE, SCALES, ClipSpec, WorldConfig, caption, render_clip, sample_specs
+from dreamrelation.evaluation.bootstrap import paired_difference
+from dreamrelation.evaluation.config import StudyV2Config
+from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, judge_attributes
+from dreamrelation.model.config import BaseModelConfig, SampleConfig, TrainConfig
+from dreamrelation.model.mochi import MOCHI
+from dreamrelation.model.sample import generate
+from dreamrelation.model.train import train
+from dreamrelation.perception.judge import default_params, judge_video
+from dreamrelation.stages.study import diagnostics, exemplar_clips, method_train_config
+
+log = logging.getLogger("dreamrelation.study")
+
+RESULTS_JSON, REPORT_MD, FRONT_PNG, PROBE_JSON = "study.json", "study.md", "front.png", "probe.json"
+PROMPT_SETS = ("P1", "P2")
+#: The comparisons reported with intervals: (method, against it), each on P1 at the last step.
+COMPARISONS = (("dreamrelation", "direct_lora"), ("dreamrelation", "no_hmt"), ("dreamrelation", "no_rcl"),
+               ("dreamrelation", "base"), ("lambda_m_0", "dreamrelation"), ("lambda_m_5", "dreamrelation"),
+               ("idle_decay", "dreamrelation"), ("direct_lora", "base"))
+REPORTED = ("relation_accuracy", "scene_leak", "body_leak", "scale_leak", "joint")
+
+Progress = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------- what is asked
+
+
+def exemplar_attributes(cfg: StudyV2Config) -> dict[str, str | None]:
+    return {"scene": cfg.exemplar_scene, "body": cfg.exemplar_body, "scale": cfg.exemplar_scale}
+
+
+def exemplar_specs(cfg: StudyV2Config, world: WorldConfig, relation: str) -> list[ClipSpec]:
+    """The exemplars: one scene, body and scale; captions name the body only."""
+    return sample_specs(world, cfg.exemplars, [relation], kinds=[cfg.exemplar_body], seed=cfg.seed + 101,
+                        scenes=[cfg.exemplar_scene], scales=[cfg.exemplar_scale], named=["body"])
+
+
+def prompt_sets(cfg: StudyV2Config, world: WorldConfig, relation: str) -> dict[str, list[ClipSpec]]:
+    """P1 (another scene, body and scale, all named) and P2 (another body, named alone)."""
+    bodies = [k for k in world.kinds if k != cfg.exemplar_body]
+    return {
+        "P1": sample_specs(world, cfg.prompts, [relation], kinds=bodies, seed=cfg.seed + 202,
+                           scenes=[s for s in world.scenes if s != cfg.exemplar_scene],
+                           scales=[s for s in SCALES if s != cfg.exemplar_scale], named=NAMEABLE),
+        "P2": sample_specs(world, cfg.prompts, [relation], kinds=bodies, seed=cfg.seed + 303, named=["body"]),
+    }
+
+
+def study_train_config(method: str, cfg: StudyV2Config, seed: int) -> TrainConfig:
+    """One method's training: the shared settings, the method's switches, a judge every eval step."""
+    every = math.gcd(*cfg.eval_steps)
+    return method_train_config(method, cfg.train, seed).model_copy(update={"sample_every": every})
+
+
+# --------------------------------------------------------------------------- judging while training
+
+
+class CheckpointJudge:
+    """Generates and judges the prompt sets with the transformer as it trains (`train`'s sampler).
+
+    At each of `steps` it writes `eval-<step>.json` in the run folder (skipped when present, so
+    a resumed run does not judge twice): P1's first `cfg.checkpoint_prompts` prompts, and both
+    sets in full at the last step. Sampling seed of prompt i: `sample.seed + i`.
+    """
+
+    def __init__(self, cfg: StudyV2Config, model_dir: Path, prompts: dict[str, list[ClipSpec]], world: WorldConfig,
+                 sample: SampleConfig, run_dir: Path, steps: list[int]):
+        self.cfg, self.prompts, self.sample, self.run_dir, self.steps = cfg, prompts, sample, run_dir, steps
+        self.captions = {name: [caption(s, world) for s in specs] for name, specs in prompts.items()}
+        tokenizer, text_encoder = MOCHI.load_text_encoder(model_dir)
+        negative = MOCHI.encode_text(tokenizer, text_encoder, [sample.negative_prompt], MOCHI.max_text_length)
+        self.text = {}
+        for name, texts in self.captions.items():
+            embeds, masks = MOCHI.encode_text(tokenizer, text_encoder, texts, MOCHI.max_text_length)
+            self.text[name] = [(embeds[i : i + 1], masks[i : i + 1], *negative) for i in range(len(texts))]
+        self.vae = MOCHI.load_vae(model_dir)
+        self.scheduler = MOCHI.scheduler_class.from_pretrained(model_dir / "scheduler")
+
+    def path(self, step: int) -> Path:
+        return self.run_dir / f"eval-{step:05d}.json"
+
+    def __call__(self, transformer: torch.nn.Module, step: int) -> None:
+        if step not in self.steps or self.path(step).is_file():
+            return
+        pipe = MOCHI.pipeline_from_parts(transformer, self.vae, self.scheduler)
+        last = step == self.steps[-1]
+        record: dict[str, Any] = {"step": step, "sets": {}}
+        for name in PROMPT_SETS:
+            count = len(self.prompts[name]) if last else (self.cfg.checkpoint_prompts if name == "P1" else 0)
+            videos = []
+            for i in range(min(count, len(self.prompts[name]))):
+                frames = generate(pipe, None, self.sample.model_copy(update={"seed": self.sample.seed + i}),
+                                  self.text[name][i])
+                videos.append(judge_attributes(frames, self.prompts[name][i], self.captions[name][i]))
+                if last and name == "P1" and i < self.cfg.strip_prompts:
+                    np.save(self.run_dir / f"strip{i}.npy", frames[:: max(1, len(frames) // 5)])
+            if videos:
+                record["sets"][name] = [video_record(v) for v in videos]
+        tmp = self.run_dir / f".{self.path(step).name}.partial"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.path(step))
+        log.info("judged %s at step %d", self.run_dir.name, step)
+
+
+def video_record(video: AttributeVideo) -> dict[str, Any]:
+    return {"prompt": video.prompt, "relation": video.relation, "judged": video.judged, "asked": video.asked,
+            "seen": video.seen, "trajectory": video.trajectory}
+
+
+def as_video(record: dict[str, Any]) -> AttributeVideo:
+    return AttributeVideo(record["prompt"], record["relation"], record["judged"], record["asked"], record["seen"],
+                          record["trajectory"])
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_one(cfg: StudyV2Config, relation: str, method: str, seed: int, model_dir: Path, folder: Path,
+            training: tuple[list, Any, Any], prompts: dict[str, list[ClipSpec]], world: WorldConfig) -> dict[str, Any]:
+    """Train (unless `base`) one (relation, method, seed), judging at every eval step; cached."""
+    run_dir = folder / "runs" / relation / method / f"seed{seed}"
+    done = run_dir / "judged.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sample = cfg.sample.model_copy(update={"seed": 1000 * seed})
+    steps = [0] if method == "base" else cfg.eval_steps
+    judge = CheckpointJudge(cfg, model_dir, prompts, world, sample, run_dir, steps)
+    if method == "base":
+        judge(MOCHI.load_pipeline(model_dir).transformer, 0)
+    else:
+        clips, empty, vae_norm = training
+        base = BaseModelConfig(profile="mochi-1", model_dir=str(model_dir), device="cpu", dtype="float32")
+        train_cfg = study_train_config(method, cfg, seed)
+        train(clips, empty, vae_norm, train_cfg, run_dir, base, sampler=judge)
+        if not all(judge.path(step).is_file() for step in steps):
+            # Interrupted between a checkpoint and its judging: the resumed loop starts after that
+            # step, so train again from scratch (CPU training is deterministic: the same run).
+            log.warning("%s: a judged step is missing after a resume; training the run again", run_dir)
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            train(clips, empty, vae_norm, train_cfg, run_dir, base, sampler=judge)
+    evaluations = {step: json.loads(judge.path(step).read_text()) for step in steps}
+    record = {"relation": relation, "method": method, "seed": seed,
+              "steps": {str(step): evaluations[step]["sets"] for step in steps},
+              "diagnostics": diagnostics(run_dir) if method != "base" else None}
+    tmp = run_dir / ".judged.json.partial"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(done)
+    return record
+
+
+def run_in_worker(*args: Any) -> dict[str, Any]:
+    """`run_one` in a worker process, on one torch thread (the same numbers whatever `workers` is)."""
+    torch.set_num_threads(1)
+    return run_one(*args)
+
+
+def last_sets(run: dict[str, Any]) -> dict[str, list[AttributeVideo]]:
+    """The videos of a run's last judged step, per prompt set."""
+    step = max(run["steps"], key=int)
+    return {name: [as_video(v) for v in videos] for name, videos in run["steps"][step].items()}
+
+
+def scene_leak(videos: list[AttributeVideo], exemplar: dict[str, str | None]) -> float:
+    values = [attribute_rates(v, exemplar)["scene_leak"] for v in videos]
+    return float(np.mean([v for v in values if v is not None]))
+
+
+def leak_probe(cfg: StudyV2Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Direct LoRA's P1 scene leak against the base's (issue 21 §4): is there anything to decouple?"""
+    exemplar = exemplar_attributes(cfg)
+    direct = scene_leak(last_sets(runs[0])["P1"], exemplar)
+    base = scene_leak(last_sets(runs[1])["P1"], exemplar)
+    passed = direct >= base + cfg.probe_margin
+    return {"relation": runs[0]["relation"], "seed": runs[0]["seed"], "direct_lora_scene_leak": direct,
+            "base_scene_leak": base, "margin": cfg.probe_margin, "passed": bool(passed)}
+
+
+def run_study_v2(cfg: StudyV2Config, model_dir: str | Path, world: WorldConfig, folder: str | Path,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """The leak probe, then every (relation, method, seed) run, the tables, intervals and the front plot."""
+    folder, model_dir = Path(folder), Path(model_dir)
+    if world.version != 2:
+        raise ValueError("the study, round two, needs world v2 (pretrain.world.version: 2; configs/toy/world-v2.yaml)")
+    inputs = {}
+    for relation in cfg.relations:
+        inputs[relation] = (exemplar_clips(exemplar_specs(cfg, world, relation), world, model_dir),
+                            prompt_sets(cfg, world, relation))
+    first = cfg.relations[0]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        probe_runs = [pool.submit(run_in_worker, cfg, first, m, cfg.seeds[0], model_dir, folder, *inputs[first],
+                                  world).result() for m in ("direct_lora", "base")]
+    probe = leak_probe(cfg, probe_runs)
+    (folder / PROBE_JSON).write_text(json.dumps(probe, indent=1))
+    log.info("leak probe: direct LoRA scene leak %.3f, base %.3f, margin %.2f: %s", probe["direct_lora_scene_leak"],
+             probe["base_scene_leak"], cfg.probe_margin, "passed" if probe["passed"] else "FAILED")
+    if not probe["passed"]:
+        (folder / REPORT_MD).write_text(probe_markdown(probe))
+        result = {"config": cfg.model_dump(mode="json"), "probe": probe, "stopped": True}
+        (folder / RESULTS_JSON).write_text(json.dumps(result, indent=1))
+        return result
+    jobs = [(relation, method, seed) for relation in cfg.relations for seed in cfg.seeds for method in cfg.methods]
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_in_worker, cfg, relation, method, seed, model_dir, folder, *inputs[relation], world):
+                   (relation, method, seed) for relation, method, seed in jobs}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            log.info("study run %s done (%d/%d)", "/".join(map(str, futures[future])), len(done), len(jobs))
+            if progress is not None:
+                progress("study", len(done), len(jobs))
+    runs = [done[job] for job in jobs]
+    references = {r: reference_distances(cfg, world, r) for r in cfg.relations}
+    table = curves(runs, cfg)
+    comparisons = compare_methods(runs, cfg)
+    extra = {m: memorisation_and_diversity(runs, m, cfg, world, references) for m in cfg.methods}
+    result = {"config": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "probe": probe, "stopped": False,
+              "curves": table, "comparisons": comparisons, "verdicts": verdicts(comparisons), "memorisation": extra,
+              "runs": [{k: v for k, v in r.items() if k != "steps"} for r in runs]}
+    (folder / RESULTS_JSON).write_text(json.dumps(result, indent=1))
+    (folder / REPORT_MD).write_text(report_markdown(result, cfg))
+    cv2.imwrite(str(folder / FRONT_PNG), front_plot(table, cfg.methods)[:, :, ::-1])
+    write_strips(folder, cfg)
+    return result
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def unit_values(runs: list[dict[str, Any]], method: str, metric: str, cfg: StudyV2Config, step: str | None = None,
+                prompt_set: str = "P1") -> np.ndarray:
+    """(relation x seed, prompts) per-video values of `metric` for one method (NaN: not applicable)."""
+    exemplar = exemplar_attributes(cfg)
+    rows = []
+    for relation in cfg.relations:
+        for seed in cfg.seeds:
+            run = next(r for r in runs if (r["relation"], r["method"], r["seed"]) == (relation, method, seed))
+            key = max(run["steps"], key=int) if step is None or method == "base" else step
+            videos = [as_video(v) for v in run["steps"][key].get(prompt_set, [])]
+            values = [attribute_rates(v, exemplar)[metric] for v in videos]
+            rows.append([np.nan if v is None else v for v in values])
+    width = max(len(r) for r in rows)
+    return np.array([r + [np.nan] * (width - len(r)) for r in rows], float)
+
+
+def curves(runs: list[dict[str, Any]], cfg: StudyV2Config) -> dict[str, Any]:
+    """Per method and eval step: mean and seed std of each P1 metric (P2's scene leak and body follow at the end)."""
+    table: dict[str, Any] = {}
+    for method in cfg.methods:
+        steps = ["0"] if method == "base" else [str(s) for s in cfg.eval_steps]
+        for step in steps:
+            cell = {}
+            for metric in REPORTED:
+                values = unit_values(runs, method, metric, cfg, step)
+                per_cluster = np.nanmean(values, axis=1) if np.isfinite(values).any() else np.array([np.nan])
+                cell[metric] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(per_cluster))}
+            table.setdefault(method, {})[step] = cell
+        last = steps[-1]
+        for metric in ("scene_leak", "body_follow"):
+            values = unit_values(runs, method, metric, cfg, last, "P2")
+            table[method][last][f"P2_{metric}"] = {"mean": float(np.nanmean(values)),
+                                                   "std": float(np.nanstd(np.nanmean(values, axis=1)))}
+    return table
+
+
+def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config) -> list[dict[str, Any]]:
+    """Paired bootstrap intervals of the reported differences at the last step (P1)."""
+    out = []
+    for a, b in COMPARISONS:
+        if a not in cfg.methods or b not in cfg.methods:
+            continue
+        for metric in REPORTED:
+            difference = paired_difference(unit_values(runs, a, metric, cfg), unit_values(runs, b, metric, cfg),
+                                           cfg.resamples, cfg.seed)
+            out.append({"a": a, "b": b, "metric": metric, "mean": difference.mean, "low": difference.low,
+                        "high": difference.high, "units": difference.units})
+    return out
+
+
+def _standardised(features: list[list[float]]) -> np.ndarray:
+    model = default_params(2).relation_model
+    return (np.asarray(features, float) - np.asarray(model.mean)) / np.asarray(model.scale)
+
+
+def reference_distances(cfg: StudyV2Config, world: WorldConfig, relation: str) -> dict[str, Any]:
+    """Exemplar trajectory features, and the mean distance of fresh clips of the relation (the
+    P1 prompts rendered) to their nearest exemplar: the scale memorisation is measured against."""
+    exemplars = [judge_video(render_clip(s, world).video, default_params(2)).features
+                 for s in exemplar_specs(cfg, world, relation)]
+    fresh = [judge_video(render_clip(s, world).video, default_params(2)).features
+             for s in prompt_sets(cfg, world, relation)["P1"]]
+    bank = _standardised([f for f in exemplars if f is not None])
+    fresh_distance = np.mean([np.linalg.norm(bank - x, axis=1).min() for x in _standardised([f for f in fresh if f is not None])])
+    return {"bank": bank, "fresh": float(fresh_distance)}
+
+
+def memorisation_and_diversity(runs: list[dict[str, Any]], method: str, cfg: StudyV2Config, world: WorldConfig,
+                               references: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Memorisation: mean distance of P1 generations' trajectory features to the nearest exemplar,
+    over that of fresh clips (below 1: closer to the exemplars than new clips of the relation are).
+    Diversity: mean over P1 prompts of the spread (mean distance to their centroid) across seeds."""
+    ratios, spreads = [], []
+    for relation in cfg.relations:
+        per_prompt: dict[int, list[np.ndarray]] = {}
+        for run in (r for r in runs if r["method"] == method and r["relation"] == relation):
+            for i, video in enumerate(last_sets(run)["P1"]):
+                if video.trajectory:
+                    x = _standardised([video.trajectory])[0]
+                    bank = references[relation]["bank"]
+                    ratios.append(np.linalg.norm(bank - x, axis=1).min() / references[relation]["fresh"])
+                    per_prompt.setdefault(i, []).append(x)
+        for points in per_prompt.values():
+            if len(points) > 1:
+                stack = np.stack(points)
+                spreads.append(float(np.linalg.norm(stack - stack.mean(axis=0), axis=1).mean()))
+    return {"memorisation": float(np.mean(ratios)) if ratios else None,
+            "diversity": float(np.mean(spreads)) if spreads else None}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _interval(comparisons: list[dict[str, Any]], a: str, b: str, metric: str) -> dict[str, Any] | None:
+    return next((c for c in comparisons if (c["a"], c["b"], c["metric"]) == (a, b, metric)), None)
+
+
+def _sign(c: dict[str, Any] | None) -> int | None:
+    """+1 / -1 when the interval lies above / below 0, 0 when it contains 0, None when not measured."""
+    return None if c is None else 1 if c["low"] > 0 else -1 if c["high"] < 0 else 0
+
+
+def verdicts(comparisons: list[dict[str, Any]]) -> dict[str, str]:
+    """The three claims (issue 21 §5), decided from the last step's intervals by rules fixed before
+    any comparison was run:
+
+    - HMT reduces leakage at matched relation accuracy: DreamRelation's P1 scene leak is below both
+      direct LoRA's and without-HMT's beyond the interval, and its relation accuracy is not below
+      either beyond the interval (supported); scene leak within the interval of either (refuted);
+      otherwise (less leak bought with lower relation accuracy, or more leak) not supported.
+    - RCL improves relation dynamics: relation accuracy against without-RCL above 0 beyond the
+      interval (supported), within it (not shown), below (refuted).
+    - The triplet beats one LoRA: the joint score against direct LoRA, the same way.
+    """
+    leak = [_sign(_interval(comparisons, "dreamrelation", b, "scene_leak")) for b in ("direct_lora", "no_hmt")]
+    accuracy = [_sign(_interval(comparisons, "dreamrelation", b, "relation_accuracy")) for b in ("direct_lora", "no_hmt")]
+    if None in leak or None in accuracy:
+        hmt = "not measured"
+    elif all(v == -1 for v in leak) and all(v != -1 for v in accuracy):
+        hmt = "supported"
+    elif 0 in leak:
+        hmt = "refuted (scene leak within the interval)"
+    else:
+        hmt = "not supported (less leak only with lower relation accuracy, or more leak)"
+
+    def simple(a: str, b: str, metric: str) -> str:
+        sign = _sign(_interval(comparisons, a, b, metric))
+        return {None: "not measured", 1: "supported", 0: "not shown (within the interval)", -1: "refuted"}[sign]
+
+    return {"HMT reduces leakage at matched relation accuracy": hmt,
+            "RCL improves relation dynamics": simple("dreamrelation", "no_rcl", "relation_accuracy"),
+            "the triplet beats one LoRA": simple("dreamrelation", "direct_lora", "joint")}
+
+
+
+def probe_markdown(probe: dict[str, Any]) -> str:
+    return "\n".join([
+        "# Toy-world study, round two: stopped at the leak probe", "",
+        f"Direct LoRA ({probe['relation']}, seed {probe['seed']}) leaks the exemplars' scene into "
+        f"{probe['direct_lora_scene_leak']:.3f} of P1 videos, the base into {probe['base_scene_leak']:.3f}; the "
+        f"probe asks for a margin of {probe['margin']:.2f}. The world has nothing for HMT to decouple, so no method "
+        "was compared: change the world first (issue 21 §4).", ""])
+
+
+def report_markdown(result: dict[str, Any], cfg: StudyV2Config) -> str:
+    """Curves per method, the intervals of the differences, memorisation and diversity."""
+    probe = result["probe"]
+    lines = [
+        "# Toy-world study, round two", "",
+        f"Relations {', '.join(cfg.relations)}; seeds {cfg.seeds}; {cfg.exemplars} exemplars "
+        f"({cfg.exemplar_scene}, {cfg.exemplar_body}, {cfg.exemplar_scale}; captions name the body); "
+        f"{cfg.train.steps} steps at lr {cfg.train.lr:g}; judged at steps {cfg.eval_steps} "
+        f"({cfg.checkpoint_prompts} P1 prompts before the last, {cfg.prompts} per set at the last).", "",
+        f"Leak probe: direct LoRA scene leak {probe['direct_lora_scene_leak']:.3f} vs base "
+        f"{probe['base_scene_leak']:.3f} (margin {probe['margin']:.2f}): passed.", "",
+        "## Curves (P1; mean ± std over relation x seed)", "",
+        "| method | step | " + " | ".join(m.replace("_", " ") for m in REPORTED) + " | P2 scene leak | P2 body follow |",
+        "|---|---|" + "---|" * (len(REPORTED) + 2),
+    ]
+    for method, steps in result["curves"].items():
+        for step, cell in steps.items():
+            extra = [cell.get(f"P2_{m}") for m in ("scene_leak", "body_follow")]
+            lines.append(f"| {method} | {step} | " + " | ".join(
+                f"{format_sig(cell[m]['mean'], 3)} ± {format_sig(cell[m]['std'], 2)}" for m in REPORTED) + " | "
+                + " | ".join("" if e is None else f"{format_sig(e['mean'], 3)}" for e in extra) + " |")
+    lines += ["", "## Differences at the last step (P1; paired bootstrap 95 % CI)", "",
+              "| a - b | " + " | ".join(m.replace("_", " ") for m in REPORTED) + " |", "|---|" + "---|" * len(REPORTED)]
+    pairs = {(c["a"], c["b"]) for c in result["comparisons"]}
+    for a, b in (p for p in COMPARISONS if p in pairs):
+        cells = {c["metric"]: c for c in result["comparisons"] if (c["a"], c["b"]) == (a, b)}
+        lines.append(f"| {a} - {b} | " + " | ".join(
+            f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" for m in REPORTED) + " |")
+    lines += ["", "## Verdicts (rules in `stages/study_v2.py:verdicts`)", ""]
+    lines += [f"- *{claim}*: {verdict}" for claim, verdict in verdicts(result["comparisons"]).items()]
+    lines += ["", "## Memorisation and diversity (P1, last step)", "", "| method | memorisation | diversity |",
+              "|---|---|---|"]
+    for method, values in result["memorisation"].items():
+        lines.append(f"| {method} | {format_sig(values['memorisation'], 3, '-')} | {format_sig(values['diversity'], 3, '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def front_plot(table: dict[str, Any], methods: list[str], width: int = 560, height: int = 420) -> np.ndarray:
+    """RGB plot: relation accuracy (up) against P1 scene leak (right), one polyline per method over its steps."""
+    image = np.full((height, width, 3), 255, np.uint8)
+    left, bottom, top, right = 50, height - 40, 20, width - 150
+    colours = [(52, 101, 164), (204, 0, 0), (0, 0, 0), (245, 121, 0), (115, 210, 22), (117, 80, 123),
+               (193, 125, 17), (78, 154, 6)]
+
+    def at(leak: float, accuracy: float) -> tuple[int, int]:
+        return int(left + leak * (right - left)), int(bottom - accuracy * (bottom - top))
+
+    cv2.rectangle(image, (left, top), (right, bottom), (0, 0, 0), 1)
+    cv2.putText(image, "scene leak (P1) ->", (left + 60, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.putText(image, "relation acc.", (2, top - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    for i, method in enumerate(m for m in methods if m in table):
+        colour = colours[i % len(colours)]
+        points = [at(cell["scene_leak"]["mean"], cell["relation_accuracy"]["mean"]) for cell in table[method].values()]
+        for p, q in zip(points, points[1:]):
+            cv2.line(image, p, q, colour, 1, cv2.LINE_AA)
+        for p in points:
+            cv2.circle(image, p, 3, colour, -1)
+        cv2.circle(image, points[-1], 5, colour, 1)
+        cv2.putText(image, method, (right + 10, top + 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
+    return image
+
+
+def write_strips(folder: Path, cfg: StudyV2Config) -> None:
+    """One PNG per (relation, method): rows are P1 prompts, columns frames (first seed)."""
+    out = folder / "strips"
+    out.mkdir(exist_ok=True)
+    for relation in cfg.relations:
+        for method in cfg.methods:
+            run_dir = folder / "runs" / relation / method / f"seed{cfg.seeds[0]}"
+            rows = [np.concatenate(list(np.load(p)), axis=1) for p in sorted(run_dir.glob("strip*.npy"))]
+            if rows:
+                cv2.imwrite(str(out / f"{relation}-{method}.png"), np.concatenate(rows, axis=0)[:, :, ::-1])
