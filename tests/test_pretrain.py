@@ -59,8 +59,10 @@ def test_a_rerun_resumes_and_trains_nothing_again(toy_base: Path) -> None:
 
 
 def test_bad_pretrain_config_is_named() -> None:
-    with pytest.raises(ValueError, match="held_out_relations: unknown"):
+    with pytest.raises(ValueError, match=r"held_out_relations: \['dance'\] not in the world's relations"):
         PretrainConfig(held_out_relations=["dance"])
+    with pytest.raises(ValueError, match="not in the world's relations"):  # loom is world v2's only
+        PretrainConfig(held_out_relations=["loom"])
     with pytest.raises(ValueError, match="leaves no relation"):
         PretrainConfig(held_out_relations=list(RELATIONS))
     with pytest.raises(ValueError, match="multiples of 32"):

@@ -58,7 +58,7 @@ from dreamrelation.configbase import StrictConfig
 from dreamrelation.data.ntu import DatasetFolderError
 from dreamrelation.data.video import FrameCount, FrameSide, write_video
 
-WORLD_VERSION = 1
+WORLD_VERSION = 1  # the default world; version 2 (issue 21) is WorldConfig.version = 2
 INDEX_NAME = "world_index.json"
 VIDEO_DIR, CAPTION_DIR, CLIP_DIR = "videos", "captions", "clips"
 

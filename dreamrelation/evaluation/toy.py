@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,16 +103,19 @@ def judge_generations(
     sample: SampleConfig,
     keep: int = 0,
     on_video: Callable[[int, int], None] | None = None,
-) -> tuple[list[JudgedVideo], list[np.ndarray]]:
+    judge: Callable[[np.ndarray, ClipSpec, str], Any] | None = None,
+) -> tuple[list[Any], list[np.ndarray]]:
     """Generate the caption of every spec (seed `sample.seed + i`) and judge it.
 
-    Returns the judged videos and the frames of the first `keep` (for frame strips).
+    `judge(frames, spec, prompt)` defaults to the v1 judgement (`JudgedVideo`); world v2 passes
+    `judge_attributes`. Returns the judged videos and the frames of the first `keep` (for strips).
     """
+    judge = judge or (lambda frames, spec, prompt: score(judge_video(frames), spec, prompt))
     judged, kept = [], []
     for i, spec in enumerate(specs):
         prompt = caption(spec, world)
         frames = generate(pipe, prompt, sample.model_copy(update={"seed": sample.seed + i}))
-        judged.append(score(judge_video(frames), spec, prompt))
+        judged.append(judge(frames, spec, prompt))
         if i < keep:
             kept.append(frames)
         if on_video is not None:
@@ -225,23 +229,6 @@ def attribute_report(videos: Sequence[AttributeVideo]) -> dict[str, float | None
         report[f"{name}_unnamed_top_share"] = (
             max(unnamed.count(value) for value in set(unnamed)) / len(unnamed) if unnamed else None)
     return report
-
-
-def judge_attribute_generations(
-    pipe: MochiPipeline, specs: Sequence[ClipSpec], world: WorldConfig, sample: SampleConfig, keep: int = 0,
-    on_video: Callable[[int, int], None] | None = None,
-) -> tuple[list[AttributeVideo], list[np.ndarray]]:
-    """`judge_generations` for world v2: generate each spec's caption (seed `sample.seed + i`), judge it."""
-    judged, kept = [], []
-    for i, spec in enumerate(specs):
-        prompt = caption(spec, world)
-        frames = generate(pipe, prompt, sample.model_copy(update={"seed": sample.seed + i}))
-        judged.append(judge_attributes(frames, spec, prompt))
-        if i < keep:
-            kept.append(frames)
-        if on_video is not None:
-            on_video(i + 1, len(specs))
-    return judged, kept
 
 
 @torch.no_grad()

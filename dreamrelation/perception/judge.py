@@ -51,7 +51,6 @@ from dreamrelation.data.world import (
     PALETTE,
     RELATIONS,
     SCALES,
-    SCENES,
     WORLD_VERSION,
     Contrast,
     WorldConfig,

@@ -36,7 +36,7 @@ from dreamrelation.evaluation.toy import (
     attribute_reconstruction_report,
     attribute_records,
     attribute_report,
-    judge_attribute_generations,
+    judge_attributes,
     judge_generations,
     reconstruction_report,
     summarize,
@@ -169,7 +169,8 @@ def pretrain_base(cfg: PretrainConfig, folder: str | Path, progress: Progress | 
         measured = {"reconstruction": reconstruction_report(vae, clips), "generation": summarize(judged)}
         records, table = as_records(judged), GATES
     else:
-        judged_v2, _ = judge_attribute_generations(pipe, prompts, cfg.world, cfg.gates.sample, on_video=on_video)
+        judged_v2, _ = judge_generations(pipe, prompts, cfg.world, cfg.gates.sample, on_video=on_video,
+                                         judge=judge_attributes)
         measured = {"reconstruction": attribute_reconstruction_report(vae, clips),
                     "generation": attribute_report(judged_v2)}
         records, table = attribute_records(judged_v2), GATES_V2

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from dreamrelation.data.masks import latent_masks
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import KINDS, ClipSpec, WorldConfig, render_clip, sample_specs
-from dreamrelation.evaluation.config import STUDY_METRICS, StudyConfig
+from dreamrelation.evaluation.config import STUDY_METRICS, StudyConfig, StudyV2Config
 from dreamrelation.evaluation.toy import as_records, judge_generations, summarize
 from dreamrelation.model.analysis import subspace_similarity
 from dreamrelation.model.config import BaseModelConfig, TrainConfig
@@ -281,7 +281,7 @@ def bar_chart(table: dict[str, Any], methods: list[str], width: int = 640, heigh
     return image
 
 
-def write_strips(folder: Path, cfg: StudyConfig) -> None:
+def write_strips(folder: Path, cfg: StudyConfig | StudyV2Config) -> None:
     """One PNG per (relation, method): rows are prompts, columns frames (seed of the first run)."""
     out = folder / "strips"
     out.mkdir(exist_ok=True)

@@ -49,7 +49,7 @@ from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.sample import generate
 from dreamrelation.model.train import train
 from dreamrelation.perception.judge import default_params, judge_video
-from dreamrelation.stages.study import diagnostics, exemplar_clips, method_train_config
+from dreamrelation.stages.study import diagnostics, exemplar_clips, method_train_config, write_strips
 
 log = logging.getLogger("dreamrelation.study")
 
@@ -474,15 +474,3 @@ def front_plot(table: dict[str, Any], methods: list[str], width: int = 560, heig
         cv2.circle(image, points[-1], 5, colour, 1)
         cv2.putText(image, method, (right + 10, top + 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
     return image
-
-
-def write_strips(folder: Path, cfg: StudyV2Config) -> None:
-    """One PNG per (relation, method): rows are P1 prompts, columns frames (first seed)."""
-    out = folder / "strips"
-    out.mkdir(exist_ok=True)
-    for relation in cfg.relations:
-        for method in cfg.methods:
-            run_dir = folder / "runs" / relation / method / f"seed{cfg.seeds[0]}"
-            rows = [np.concatenate(list(np.load(p)), axis=1) for p in sorted(run_dir.glob("strip*.npy"))]
-            if rows:
-                cv2.imwrite(str(out / f"{relation}-{method}.png"), np.concatenate(rows, axis=0)[:, :, ::-1])
