@@ -165,3 +165,22 @@ def test_verdict_rules_by_hand() -> None:
     within = [c("dreamrelation", "direct_lora", "scene_leak", -0.2, 0.1), better[1]]
     assert verdicts(within + matched)[claims[0]].startswith("refuted")
     assert verdicts([])[claims[1]] == "not measured"
+
+
+def test_cli_study_on_world_v2_runs_the_round_two_stage(prefect_harness, tmp_path: Path) -> None:
+    """`dreamrelation study -c micro-v2.yaml`: the v2 base, then the round-two study, as flows."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import dreamrelation.flows.toy  # noqa: F401  (bind Prefect's console handler outside CliRunner)
+    from dreamrelation.flows.cli import app
+
+    micro = {"root": str(tmp_path / "toy"), "pretrain": MICRO_V2.model_dump(mode="json"),
+             "study_v2": micro_study(methods=["direct_lora", "base"], seeds=[0]).model_dump(mode="json")}
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(micro))
+    result = CliRunner().invoke(app, ["study", "-c", str(tmp_path / "micro.yaml")])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "toy-world pretrain_base built" in flat and "toy-world study_v2 built" in flat
+    report = next((tmp_path / "toy" / "studies").glob("toy-v2-*/study.md")).read_text()
+    assert "direct_lora - base" in report and "Leak probe" in report
