@@ -17,7 +17,8 @@ from dreamrelation.evaluation.config import StudyV2Config
 from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, attribute_report
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.stages.pretrain import GATES_FILE, GATES_V2, MODEL_DIR, pretrain_base
-from dreamrelation.stages.study_v2 import PROBE_JSON, REPORT_MD, RESULTS_JSON, prompt_sets, run_study_v2, verdicts
+from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, prompt_sets, relation_learnt, run_study_v2,
+                                           verdicts)
 
 MICRO_V2 = PretrainConfig(
     world=world_v2(),
@@ -35,7 +36,7 @@ def micro_study(**update) -> StudyV2Config:
                                                         "warmup_steps": 0, "gradient_checkpointing": False,
                                                         "sample_every": 0, "lora": {"rank": 2, "alpha": 2}},
         sample={"steps": 2, "frames": 25, "height": 64, "width": 96}, resamples=100, strip_prompts=1,
-        probe_margin=-1.0, workers=1,
+        probe_margin=-1.0, workers=1, fit_prompts=1,
     )
     return cfg.model_copy(update=update)
 
@@ -102,6 +103,12 @@ def test_prompt_sets_ask_for_other_looks_than_the_exemplars() -> None:
         assert spec.scene != "checkerboard" and spec.body != "tall" and spec.scale != "big"
         assert spec.named == ("scene", "body", "scale")
     assert all(s.named == ("body",) and s.body != "tall" for s in sets["P2"])
+    assert "P0" not in sets  # the fit set is off unless asked for
+    fit = prompt_sets(cfg.model_copy(update={"fit_prompts": 3}), world_v2(), "loom")["P0"]
+    exemplars = exemplar_specs(cfg, world_v2(), "loom")
+    assert len(fit) == 3 and all((s.scene, s.body, s.scale, s.named) == ("checkerboard", "tall", "big", ("body",))
+                                 for s in fit)
+    assert not {s.seed for s in fit} & {s.seed for s in exemplars}  # new draws, not the exemplars
 
 
 def test_leak_probe_stops_the_study_before_any_comparison(base_v2: Path, tmp_path: Path) -> None:
@@ -121,8 +128,10 @@ def test_micro_study_judges_every_step_and_reports_intervals(base_v2: Path, tmp_
     first = json.loads((run / "eval-00001.json").read_text())
     last = json.loads((run / "eval-00002.json").read_text())
     assert len(first["sets"]["P1"]) == 1 and "P2" not in first["sets"]  # earlier steps: checkpoint_prompts of P1
+    assert len(first["sets"]["P0"]) == len(last["sets"]["P0"]) == 1  # and all of P0, at every step
     assert len(last["sets"]["P1"]) == len(last["sets"]["P2"]) == 2
     assert set(result["curves"]["dreamrelation"]) == {"1", "2"} and set(result["curves"]["base"]) == {"0"}
+    assert all("P0_relation_accuracy" in cell for cell in result["curves"]["dreamrelation"].values())
     pairs = {(c["a"], c["b"], c["metric"]) for c in result["comparisons"]}
     assert ("dreamrelation", "direct_lora", "scene_leak") in pairs and ("direct_lora", "base", "joint") in pairs
     for c in result["comparisons"]:
@@ -132,6 +141,7 @@ def test_micro_study_judges_every_step_and_reports_intervals(base_v2: Path, tmp_
     assert result["verdicts"]["RCL improves relation dynamics"] == "not measured"
     report = (tmp_path / REPORT_MD).read_text()
     assert "paired bootstrap 95 % CI" in report and "dreamrelation - direct_lora" in report
+    assert f"Relation learnt above the base (context, not a verdict rule): {relation_learnt(result['comparisons'])}." in report
     assert (tmp_path / "front.png").is_file() and (tmp_path / RESULTS_JSON).is_file()
     # resumable: a second call trains nothing and gives the same result
     again = run_study_v2(cfg, base_v2 / MODEL_DIR, MICRO_V2.world, tmp_path)
@@ -165,6 +175,16 @@ def test_verdict_rules_by_hand() -> None:
     within = [c("dreamrelation", "direct_lora", "scene_leak", -0.2, 0.1), better[1]]
     assert verdicts(within + matched)[claims[0]].startswith("refuted")
     assert verdicts([])[claims[1]] == "not measured"
+
+
+def test_relation_learnt_reads_the_intervals_against_the_base() -> None:
+    def c(a, low, high):
+        return {"a": a, "b": "base", "metric": "relation_accuracy", "mean": (low + high) / 2, "low": low, "high": high}
+
+    assert relation_learnt([c("dreamrelation", -0.21, 0.18), c("direct_lora", -0.19, 0.10)]).startswith("no:")
+    assert relation_learnt([c("dreamrelation", -0.2, 0.1), c("direct_lora", 0.05, 0.3)]) == \
+        "yes (direct_lora above the base beyond the interval)"
+    assert relation_learnt([]).startswith("not measured")
 
 
 def test_cli_study_on_world_v2_runs_the_round_two_stage(prefect_harness, tmp_path: Path) -> None:

@@ -238,6 +238,8 @@ def study_v2_train_config() -> TrainConfig:
 class StudyV2Config(StrictConfig):
     """The study, round two (issue 21 §4): fixed before any method is compared.
 
+    (`fit_prompts` came after the first run, for the learnability check; off by default.)
+
     Exemplars are all in one scene, with one body and one scale; the caption names the body only.
     P1 prompts name another scene, body and scale; P2 prompts name another body only (the base
     rate of drifting into the exemplars' scene). Every method is judged at each of `eval_steps`.
@@ -254,6 +256,10 @@ class StudyV2Config(StrictConfig):
     exemplar_body: str = Field(default="tall", description="The body of both subjects of every exemplar.")
     exemplar_scale: str = Field(default="big", description="The scale of every exemplar.")
     prompts: int = Field(default=20, ge=1, description="Prompts per set (P1, P2) and relation at the last step.")
+    fit_prompts: int = Field(
+        default=0, ge=0, description="P0: prompts drawn like the exemplars (their scene, body and scale; captions "
+        "name the body), judged at every eval step: does the method learn the relation at all? 0: no P0 (round "
+        "two's first run).")
     checkpoint_prompts: int = Field(
         default=10, ge=1, description="P1 prompts judged at the steps before the last (the curve's earlier points)."
     )

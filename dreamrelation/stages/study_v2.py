@@ -54,12 +54,14 @@ from dreamrelation.stages.study import diagnostics, exemplar_clips, method_train
 log = logging.getLogger("dreamrelation.study")
 
 RESULTS_JSON, REPORT_MD, FRONT_PNG, PROBE_JSON = "study.json", "study.md", "front.png", "probe.json"
-PROMPT_SETS = ("P1", "P2")
+PROMPT_SETS = ("P0", "P1", "P2")
 #: The comparisons reported with intervals: (method, against it), each on P1 at the last step.
 COMPARISONS = (("dreamrelation", "direct_lora"), ("dreamrelation", "no_hmt"), ("dreamrelation", "no_rcl"),
                ("dreamrelation", "base"), ("lambda_m_0", "dreamrelation"), ("lambda_m_5", "dreamrelation"),
                ("idle_decay", "dreamrelation"), ("direct_lora", "base"))
 REPORTED = ("relation_accuracy", "scene_leak", "body_leak", "scale_leak", "joint")
+EXTRA_COLUMNS = {"P0_relation_accuracy": "P0 relation accuracy", "P2_scene_leak": "P2 scene leak",
+                 "P2_body_follow": "P2 body follow"}
 
 Progress = Callable[[str, int, int], None]
 
@@ -78,9 +80,12 @@ def exemplar_specs(cfg: StudyV2Config, world: WorldConfig, relation: str) -> lis
 
 
 def prompt_sets(cfg: StudyV2Config, world: WorldConfig, relation: str) -> dict[str, list[ClipSpec]]:
-    """P1 (another scene, body and scale, all named) and P2 (another body, named alone)."""
+    """P1 (another scene, body and scale, all named), P2 (another body, named alone) and, when
+    `fit_prompts` asks for it, P0 (new draws like the exemplars: is the relation learnt at all?)."""
     bodies = [k for k in world.kinds if k != cfg.exemplar_body]
-    return {
+    fit = {"P0": sample_specs(world, cfg.fit_prompts, [relation], kinds=[cfg.exemplar_body], seed=cfg.seed + 404,
+                              scenes=[cfg.exemplar_scene], scales=[cfg.exemplar_scale], named=["body"])}
+    return ({} if cfg.fit_prompts == 0 else fit) | {
         "P1": sample_specs(world, cfg.prompts, [relation], kinds=bodies, seed=cfg.seed + 202,
                            scenes=[s for s in world.scenes if s != cfg.exemplar_scene],
                            scales=[s for s in SCALES if s != cfg.exemplar_scale], named=NAMEABLE),
@@ -101,8 +106,9 @@ class CheckpointJudge:
     """Generates and judges the prompt sets with the transformer as it trains (`train`'s sampler).
 
     At each of `steps` it writes `eval-<step>.json` in the run folder (skipped when present, so
-    a resumed run does not judge twice): P1's first `cfg.checkpoint_prompts` prompts, and both
-    sets in full at the last step. Sampling seed of prompt i: `sample.seed + i`.
+    a resumed run does not judge twice): P1's first `cfg.checkpoint_prompts` prompts and all of P0
+    (when there is one), and every set in full at the last step. Sampling seed of prompt i:
+    `sample.seed + i`.
     """
 
     def __init__(self, cfg: StudyV2Config, model_dir: Path, prompts: dict[str, list[ClipSpec]], world: WorldConfig,
@@ -127,8 +133,9 @@ class CheckpointJudge:
         pipe = MOCHI.pipeline_from_parts(transformer, self.vae, self.scheduler)
         last = step == self.steps[-1]
         record: dict[str, Any] = {"step": step, "sets": {}}
-        for name in PROMPT_SETS:
-            count = len(self.prompts[name]) if last else (self.cfg.checkpoint_prompts if name == "P1" else 0)
+        early = {"P0": len(self.prompts.get("P0", [])), "P1": self.cfg.checkpoint_prompts, "P2": 0}
+        for name in (n for n in PROMPT_SETS if n in self.prompts):
+            count = len(self.prompts[name]) if last else early[name]
             videos = []
             for i in range(min(count, len(self.prompts[name]))):
                 frames = generate(pipe, None, self.sample.model_copy(update={"seed": self.sample.seed + i}),
@@ -287,7 +294,8 @@ def unit_values(runs: list[dict[str, Any]], method: str, metric: str, cfg: Study
 
 
 def curves(runs: list[dict[str, Any]], cfg: StudyV2Config) -> dict[str, Any]:
-    """Per method and eval step: mean and seed std of each P1 metric (P2's scene leak and body follow at the end)."""
+    """Per method and eval step: mean and seed std of each P1 metric, P0's relation accuracy (when
+    judged), and P2's scene leak and body follow at the last step."""
     table: dict[str, Any] = {}
     for method in cfg.methods:
         steps = ["0"] if method == "base" else [str(s) for s in cfg.eval_steps]
@@ -297,13 +305,18 @@ def curves(runs: list[dict[str, Any]], cfg: StudyV2Config) -> dict[str, Any]:
                 values = unit_values(runs, method, metric, cfg, step)
                 per_cluster = np.nanmean(values, axis=1) if np.isfinite(values).any() else np.array([np.nan])
                 cell[metric] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(per_cluster))}
+            if cfg.fit_prompts:
+                cell["P0_relation_accuracy"] = _summary(unit_values(runs, method, "relation_accuracy", cfg, step, "P0"))
             table.setdefault(method, {})[step] = cell
         last = steps[-1]
         for metric in ("scene_leak", "body_follow"):
-            values = unit_values(runs, method, metric, cfg, last, "P2")
-            table[method][last][f"P2_{metric}"] = {"mean": float(np.nanmean(values)),
-                                                   "std": float(np.nanstd(np.nanmean(values, axis=1)))}
+            table[method][last][f"P2_{metric}"] = _summary(unit_values(runs, method, metric, cfg, last, "P2"))
     return table
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    """Mean over every video, std over the (relation x seed) cluster means."""
+    return {"mean": float(np.nanmean(values)), "std": float(np.nanstd(np.nanmean(values, axis=1)))}
 
 
 def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config) -> list[dict[str, Any]]:
@@ -404,6 +417,20 @@ def verdicts(comparisons: list[dict[str, Any]]) -> dict[str, str]:
             "the triplet beats one LoRA": simple("dreamrelation", "direct_lora", "joint")}
 
 
+def relation_learnt(comparisons: list[dict[str, Any]]) -> str:
+    """Context for the verdicts, not one of their rules (added after round two's first run, where
+    no method's relation accuracy rose above the base's): whether any trained method learnt the
+    target relation beyond the interval. If none did, "matched relation accuracy" is matched at
+    the base's level, and less leak may only mean less learning."""
+    signs = {a: _sign(_interval(comparisons, a, "base", "relation_accuracy")) for a in ("dreamrelation", "direct_lora")}
+    above = [a for a, sign in signs.items() if sign == 1]
+    if all(sign is None for sign in signs.values()):
+        return "not measured (no comparison against the base)"
+    if above:
+        return f"yes ({', '.join(above)} above the base beyond the interval)"
+    return ("no: neither DreamRelation nor direct LoRA beats the base's relation accuracy beyond the "
+            "interval, so the verdicts compare methods that have not learnt the relation")
+
 
 def probe_markdown(probe: dict[str, Any]) -> str:
     return "\n".join([
@@ -426,12 +453,13 @@ def report_markdown(result: dict[str, Any], cfg: StudyV2Config) -> str:
         f"Leak probe: direct LoRA scene leak {probe['direct_lora_scene_leak']:.3f} vs base "
         f"{probe['base_scene_leak']:.3f} (margin {probe['margin']:.2f}): passed.", "",
         "## Curves (P1; mean ± std over relation x seed)", "",
-        "| method | step | " + " | ".join(m.replace("_", " ") for m in REPORTED) + " | P2 scene leak | P2 body follow |",
-        "|---|---|" + "---|" * (len(REPORTED) + 2),
+        "| method | step | " + " | ".join(m.replace("_", " ") for m in REPORTED) + " | "
+        + " | ".join(EXTRA_COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * (len(REPORTED) + len(EXTRA_COLUMNS)),
     ]
     for method, steps in result["curves"].items():
         for step, cell in steps.items():
-            extra = [cell.get(f"P2_{m}") for m in ("scene_leak", "body_follow")]
+            extra = [cell.get(key) for key in EXTRA_COLUMNS]
             lines.append(f"| {method} | {step} | " + " | ".join(
                 f"{format_sig(cell[m]['mean'], 3)} ± {format_sig(cell[m]['std'], 2)}" for m in REPORTED) + " | "
                 + " | ".join("" if e is None else f"{format_sig(e['mean'], 3)}" for e in extra) + " |")
@@ -444,6 +472,7 @@ def report_markdown(result: dict[str, Any], cfg: StudyV2Config) -> str:
             f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" for m in REPORTED) + " |")
     lines += ["", "## Verdicts (rules in `stages/study_v2.py:verdicts`)", ""]
     lines += [f"- *{claim}*: {verdict}" for claim, verdict in verdicts(result["comparisons"]).items()]
+    lines += ["", f"Relation learnt above the base (context, not a verdict rule): {relation_learnt(result['comparisons'])}."]
     lines += ["", "## Memorisation and diversity (P1, last step)", "", "| method | memorisation | diversity |",
               "|---|---|---|"]
     for method, values in result["memorisation"].items():
@@ -461,8 +490,14 @@ def front_plot(table: dict[str, Any], methods: list[str], width: int = 560, heig
     def at(leak: float, accuracy: float) -> tuple[int, int]:
         return int(left + leak * (right - left)), int(bottom - accuracy * (bottom - top))
 
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x, y = at(tick, tick)
+        cv2.line(image, (x, top), (x, bottom), (225, 225, 225), 1)
+        cv2.line(image, (left, y), (right, y), (225, 225, 225), 1)
+        cv2.putText(image, f"{tick:g}", (x - 8, bottom + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        cv2.putText(image, f"{tick:g}", (left - 34, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
     cv2.rectangle(image, (left, top), (right, bottom), (0, 0, 0), 1)
-    cv2.putText(image, "scene leak (P1) ->", (left + 60, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.putText(image, "scene leak (P1) ->", (left + 60, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     cv2.putText(image, "relation acc.", (2, top - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     for i, method in enumerate(m for m in methods if m in table):
         colour = colours[i % len(colours)]
