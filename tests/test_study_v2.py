@@ -17,7 +17,7 @@ from dreamrelation.evaluation.config import StudyV2Config
 from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, attribute_report
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.stages.pretrain import GATES_FILE, GATES_V2, MODEL_DIR, pretrain_base
-from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, prompt_sets, relation_learnt, run_study_v2,
+from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, prompt_sets, run_jobs, relation_learnt, run_study_v2,
                                            verdicts)
 
 MICRO_V2 = PretrainConfig(
@@ -204,3 +204,21 @@ def test_cli_study_on_world_v2_runs_the_round_two_stage(prefect_harness, tmp_pat
     assert "toy-world pretrain_base built" in flat and "toy-world study_v2 built" in flat
     report = next((tmp_path / "toy" / "studies").glob("toy-v2-*/study.md")).read_text()
     assert "direct_lora - base" in report and "Leak probe" in report
+
+
+def test_run_jobs_keeps_order_and_stops_its_workers_when_the_caller_stops() -> None:
+    import multiprocessing
+    import operator
+    import time
+
+    assert run_jobs(operator.add, [(1, 2), (3, 4), (5, 6)], workers=2) == [3, 7, 11]
+
+    def stop(index: int, _result: object) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C, or Prefect's SIGTERM exception, would arrive
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(time.sleep, [(0,), (300,)], workers=2, on_result=stop)
+    # without the termination the pool would wait for the 300-s job; a generous bound, not a speed target
+    assert time.monotonic() - start < 120
+    assert multiprocessing.active_children() == []

@@ -38,6 +38,7 @@ from dreamrelation.config import (  # noqa: E402
 from dreamrelation.data.own_folder_demo import DemoFolderError, export_own_folder_demo  # noqa: E402
 from dreamrelation.data.store import ArtifactStore, DiskFullError, fetch_local, release_held_locks  # noqa: E402
 from dreamrelation.flows.server_guard import guard_children  # noqa: E402
+from dreamrelation.model import CPU_AUTOCAST_WARNING  # noqa: E402
 from dreamrelation.plan import STAGES, plan_relation  # noqa: E402
 
 app = typer.Typer(
@@ -516,8 +517,7 @@ def study(
 
 def main() -> None:
     signal.signal(signal.SIGINT, _stop_at_once)  # from the first moment: Ctrl-C during imports too
-    # diffusers' Mochi RoPE asks for float32 CPU autocast on every forward pass (harmless).
-    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
+    warnings.filterwarnings("ignore", message=CPU_AUTOCAST_WARNING)
     app(prog_name="dreamrelation")
 
 

@@ -30,6 +30,7 @@ import logging
 import math
 import multiprocessing
 import shutil
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -44,6 +45,7 @@ from dreamrelation.data.world import NAMEABLE, SCALES, ClipSpec, WorldConfig, ca
 from dreamrelation.evaluation.bootstrap import paired_difference
 from dreamrelation.evaluation.config import StudyV2Config
 from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, judge_attributes
+from dreamrelation.model import CPU_AUTOCAST_WARNING
 from dreamrelation.model.config import BaseModelConfig, SampleConfig, TrainConfig
 from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.sample import generate
@@ -202,7 +204,37 @@ def run_one(cfg: StudyV2Config, relation: str, method: str, seed: int, model_dir
 def run_in_worker(*args: Any) -> dict[str, Any]:
     """`run_one` in a worker process, on one torch thread (the same numbers whatever `workers` is)."""
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=CPU_AUTOCAST_WARNING)
     return run_one(*args)
+
+
+def run_jobs(fn: Callable[..., Any], jobs: list[tuple], workers: int,
+             on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """`fn(*job)` for every job in `workers` spawned processes; results in the order of `jobs`.
+
+    `on_result(index, result)` is called as each job finishes. If anything stops the caller
+    (a job's error, the callback's, Ctrl-C, Prefect turning a SIGTERM into an exception), the
+    workers are terminated at once instead of finishing their jobs: every run resumes from its
+    last checkpoint, so nothing is lost but the steps since.
+    """
+    results: list[Any] = [None] * len(jobs)
+    others = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if on_result is not None:
+                    on_result(futures[future], results[futures[future]])
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            workers_left = [p for p in multiprocessing.active_children() if p not in others]
+            for process in workers_left:
+                process.terminate()
+            for process in workers_left:
+                process.join()
+            raise
+    return results
 
 
 def last_sets(run: dict[str, Any]) -> dict[str, list[AttributeVideo]]:
@@ -237,9 +269,8 @@ def run_study_v2(cfg: StudyV2Config, model_dir: str | Path, world: WorldConfig, 
         inputs[relation] = (exemplar_clips(exemplar_specs(cfg, world, relation), world, model_dir),
                             prompt_sets(cfg, world, relation))
     first = cfg.relations[0]
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        probe_runs = [pool.submit(run_in_worker, cfg, first, m, cfg.seeds[0], model_dir, folder, *inputs[first],
-                                  world).result() for m in ("direct_lora", "base")]
+    probe_runs = run_jobs(run_in_worker, [(cfg, first, m, cfg.seeds[0], model_dir, folder, *inputs[first], world)
+                                          for m in ("direct_lora", "base")], workers=1)
     probe = leak_probe(cfg, probe_runs)
     (folder / PROBE_JSON).write_text(json.dumps(probe, indent=1))
     log.info("leak probe: direct LoRA scene leak %.3f, base %.3f, margin %.2f: %s", probe["direct_lora_scene_leak"],
@@ -250,16 +281,17 @@ def run_study_v2(cfg: StudyV2Config, model_dir: str | Path, world: WorldConfig, 
         (folder / RESULTS_JSON).write_text(json.dumps(result, indent=1))
         return result
     jobs = [(relation, method, seed) for relation in cfg.relations for seed in cfg.seeds for method in cfg.methods]
-    done: dict[tuple[str, str, int], dict[str, Any]] = {}
-    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_in_worker, cfg, relation, method, seed, model_dir, folder, *inputs[relation], world):
-                   (relation, method, seed) for relation, method, seed in jobs}
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
-            log.info("study run %s done (%d/%d)", "/".join(map(str, futures[future])), len(done), len(jobs))
-            if progress is not None:
-                progress("study", len(done), len(jobs))
-    runs = [done[job] for job in jobs]
+    finished = 0
+
+    def report(index: int, _run: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        log.info("study run %s done (%d/%d)", "/".join(map(str, jobs[index])), finished, len(jobs))
+        if progress is not None:
+            progress("study", finished, len(jobs))
+
+    runs = run_jobs(run_in_worker, [(cfg, relation, method, seed, model_dir, folder, *inputs[relation], world)
+                                    for relation, method, seed in jobs], cfg.workers, report)
     references = {r: reference_distances(cfg, world, r) for r in cfg.relations}
     table = curves(runs, cfg)
     comparisons = compare_methods(runs, cfg)
