@@ -134,6 +134,7 @@ def test_micro_study_judges_every_step_and_reports_intervals(base_v2: Path, tmp_
     assert all("P0_relation_accuracy" in cell for cell in result["curves"]["dreamrelation"].values())
     pairs = {(c["a"], c["b"], c["metric"]) for c in result["comparisons"]}
     assert ("dreamrelation", "direct_lora", "scene_leak") in pairs and ("direct_lora", "base", "joint") in pairs
+    assert ("dreamrelation", "base", "P0_relation_accuracy") in pairs  # fit_prompts > 0: P0 is compared too
     for c in result["comparisons"]:
         assert c["low"] <= c["mean"] <= c["high"] and c["units"] > 0
     assert set(result["memorisation"]) == set(cfg.methods)

@@ -352,15 +352,20 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 
 def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config) -> list[dict[str, Any]]:
-    """Paired bootstrap intervals of the reported differences at the last step (P1)."""
+    """Paired bootstrap intervals of the reported differences at the last step: every P1 metric,
+    and P0's relation accuracy (metric `P0_relation_accuracy`) when P0 was judged."""
+    measured = [(metric, metric, "P1") for metric in REPORTED]
+    if cfg.fit_prompts:
+        measured.append(("P0_relation_accuracy", "relation_accuracy", "P0"))
     out = []
     for a, b in COMPARISONS:
         if a not in cfg.methods or b not in cfg.methods:
             continue
-        for metric in REPORTED:
-            difference = paired_difference(unit_values(runs, a, metric, cfg), unit_values(runs, b, metric, cfg),
+        for name, metric, prompt_set in measured:
+            difference = paired_difference(unit_values(runs, a, metric, cfg, prompt_set=prompt_set),
+                                           unit_values(runs, b, metric, cfg, prompt_set=prompt_set),
                                            cfg.resamples, cfg.seed)
-            out.append({"a": a, "b": b, "metric": metric, "mean": difference.mean, "low": difference.low,
+            out.append({"a": a, "b": b, "metric": name, "mean": difference.mean, "low": difference.low,
                         "high": difference.high, "units": difference.units})
     return out
 
@@ -495,13 +500,14 @@ def report_markdown(result: dict[str, Any], cfg: StudyV2Config) -> str:
             lines.append(f"| {method} | {step} | " + " | ".join(
                 f"{format_sig(cell[m]['mean'], 3)} ± {format_sig(cell[m]['std'], 2)}" for m in REPORTED) + " | "
                 + " | ".join("" if e is None else f"{format_sig(e['mean'], 3)}" for e in extra) + " |")
-    lines += ["", "## Differences at the last step (P1; paired bootstrap 95 % CI)", "",
-              "| a - b | " + " | ".join(m.replace("_", " ") for m in REPORTED) + " |", "|---|" + "---|" * len(REPORTED)]
+    metrics = list(dict.fromkeys(c["metric"] for c in result["comparisons"]))
+    lines += ["", "## Differences at the last step (P1 unless named; paired bootstrap 95 % CI)", "",
+              "| a - b | " + " | ".join(m.replace("_", " ") for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
     pairs = {(c["a"], c["b"]) for c in result["comparisons"]}
     for a, b in (p for p in COMPARISONS if p in pairs):
         cells = {c["metric"]: c for c in result["comparisons"] if (c["a"], c["b"]) == (a, b)}
         lines.append(f"| {a} - {b} | " + " | ".join(
-            f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" for m in REPORTED) + " |")
+            f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" for m in metrics) + " |")
     lines += ["", "## Verdicts (rules in `stages/study_v2.py:verdicts`)", ""]
     lines += [f"- *{claim}*: {verdict}" for claim, verdict in verdicts(result["comparisons"]).items()]
     lines += ["", f"Relation learnt above the base (context, not a verdict rule): {relation_learnt(result['comparisons'])}."]
