@@ -30,8 +30,9 @@ attributes a tiny base can draw from text, each named in a pretraining caption w
 `name_probability`: a *scene* (plain, vertical stripes, a checkerboard or a split background,
 structures of 16-pixel bands that the 8x VAE keeps), a *body* (tall, wide or round silhouettes:
 v2's kinds, shared by both subjects) and a *scale* (small or big). It adds a target relation
-whose dynamics change the frame's spatial mean (`loom`: the actor grows as it approaches), so
-RCL's anchors (METHOD.md §4) carry signal. Captions read "A big dark tall figure is looming over
+whose dynamics change the frame's spatial mean (`loom`: the actor grows as it approaches), meant
+to give RCL's anchors (METHOD.md §4) signal; measured, too little at the toy's latent size
+(docs/study.md R4). Captions read "A big dark tall figure is looming over
 a big light tall figure on a checkered background."; an unnamed attribute is left out. Version 1
 clips, captions and keys are unchanged.
 
@@ -123,7 +124,7 @@ KINDS: dict[str, Kind] = {
     )
 }
 
-#: World v2's target whose dynamics move the frame's spatial mean (issue 21 §1).
+#: World v2's target whose dynamics move the frame's spatial mean (issue 21 §1; too little for RCL: docs/study.md R4).
 LOOM = Relation("loom", "is looming over", "the actor walks up to the other, growing to 1.6x its size; the other stays")
 #: Every relation of either world version (v1 pools may not use `loom`).
 ALL_RELATIONS: dict[str, Relation] = {**RELATIONS, LOOM.slug: LOOM}
