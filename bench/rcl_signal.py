@@ -9,6 +9,10 @@ A ratio well below 1 means the anchors are mostly noise. Not run in CI.
 
     .venv/bin/python bench/rcl_signal.py --clips 12
     .venv/bin/python bench/rcl_signal.py --config configs/toy/world-v2.yaml --model-dir <base>/model   # world v2
+    ... --size 128x192   # the same world drawn larger (the VAE is convolutional): how the ratio scales
+
+The noise term is sqrt(2 / (h w)) over h x w latent positions whatever the relation, so it halves
+when the frame has four times the pixels; `--size` shows what happens to the signal.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=12, help="clips per relation")
     parser.add_argument("--model-dir", type=Path, default=SHIPPED)
     parser.add_argument("--config", help="toy config YAML whose world the clips come from (default: ToyConfig())")
+    parser.add_argument("--size", help="render the clips at HEIGHTxWIDTH pixels instead of the world's size")
     args = parser.parse_args()
     world = load_toy_config(args.config).pretrain.world
+    if args.size:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+        world = world.model_copy(update={"height": height, "width": width})
     vae = MOCHI.load_vae(args.model_dir)
     norm = LatentNorm.from_config(vae.config)
     g = torch.Generator().manual_seed(0)
