@@ -62,8 +62,8 @@ COMPARISONS = (("dreamrelation", "direct_lora"), ("dreamrelation", "no_hmt"), ("
                ("dreamrelation", "base"), ("lambda_m_0", "dreamrelation"), ("lambda_m_5", "dreamrelation"),
                ("idle_decay", "dreamrelation"), ("direct_lora", "base"))
 REPORTED = ("relation_accuracy", "scene_leak", "body_leak", "scale_leak", "joint")
-EXTRA_COLUMNS = {"P0_relation_accuracy": "P0 relation accuracy", "P2_scene_leak": "P2 scene leak",
-                 "P2_body_follow": "P2 body follow"}
+EXTRA_COLUMNS = {"P0_relation_accuracy": "P0 relation accuracy", "P2_relation_accuracy": "P2 relation accuracy",
+                 "P2_scene_leak": "P2 scene leak", "P2_body_follow": "P2 body follow"}
 
 Progress = Callable[[str, int, int], None]
 
@@ -327,7 +327,7 @@ def unit_values(runs: list[dict[str, Any]], method: str, metric: str, cfg: Study
 
 def curves(runs: list[dict[str, Any]], cfg: StudyV2Config) -> dict[str, Any]:
     """Per method and eval step: mean and seed std of each P1 metric, P0's relation accuracy (when
-    judged), and P2's scene leak and body follow at the last step."""
+    judged), and P2's relation accuracy, scene leak and body follow at the last step."""
     table: dict[str, Any] = {}
     for method in cfg.methods:
         steps = ["0"] if method == "base" else [str(s) for s in cfg.eval_steps]
@@ -341,7 +341,7 @@ def curves(runs: list[dict[str, Any]], cfg: StudyV2Config) -> dict[str, Any]:
                 cell["P0_relation_accuracy"] = _summary(unit_values(runs, method, "relation_accuracy", cfg, step, "P0"))
             table.setdefault(method, {})[step] = cell
         last = steps[-1]
-        for metric in ("scene_leak", "body_follow"):
+        for metric in ("relation_accuracy", "scene_leak", "body_follow"):
             table[method][last][f"P2_{metric}"] = _summary(unit_values(runs, method, metric, cfg, last, "P2"))
     return table
 
@@ -353,8 +353,9 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config) -> list[dict[str, Any]]:
     """Paired bootstrap intervals of the reported differences at the last step: every P1 metric,
-    and P0's relation accuracy (metric `P0_relation_accuracy`) when P0 was judged."""
-    measured = [(metric, metric, "P1") for metric in REPORTED]
+    P2's relation accuracy (`P2_relation_accuracy`; added after round two's first run, where P1's
+    small subjects turned out to limit relation accuracy) and P0's when P0 was judged."""
+    measured = [(metric, metric, "P1") for metric in REPORTED] + [("P2_relation_accuracy", "relation_accuracy", "P2")]
     if cfg.fit_prompts:
         measured.append(("P0_relation_accuracy", "relation_accuracy", "P0"))
     out = []
