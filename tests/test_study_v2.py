@@ -12,9 +12,9 @@ import torch
 
 from dreamrelation.config import load_toy_config
 from dreamrelation.data.world import ALL_RELATIONS, world_v2
-from dreamrelation.evaluation.bootstrap import paired_difference
+from dreamrelation.evaluation.bootstrap import paired_difference, wilson_interval
 from dreamrelation.evaluation.config import StudyV2Config
-from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, attribute_report
+from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, attribute_report, unnamed_share
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.stages.pretrain import GATES_FILE, GATES_V2, MODEL_DIR, pretrain_base
 from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, prompt_sets, run_jobs, relation_learnt, run_study_v2,
@@ -51,7 +51,7 @@ def base_v2(tmp_path_factory) -> Path:
 def test_v2_base_has_its_words_and_its_gates_and_never_sees_the_targets(base_v2: Path) -> None:
     gates = json.loads((base_v2 / GATES_FILE).read_text())
     assert set(gates["gates"]) == set(GATES_V2)
-    assert gates["gates"]["unnamed scene: largest class share"]["direction"] == "<="
+    assert gates["gates"]["unnamed scene: largest class share, 95 % low"]["direction"] == "<="
     assert all(isinstance(g["passed"], bool) for g in gates["gates"].values())
     assert {"scene_accuracy", "body_accuracy", "relation_accuracy", "psnr_db"} <= set(gates["measured"]["reconstruction"])
     data = torch.load(base_v2 / "work" / "dit_data.pt", weights_only=False)
@@ -78,6 +78,28 @@ def test_attribute_rates_by_hand() -> None:
     report = attribute_report([leaked, unnamed, unnamed])
     assert report["relation_accuracy"] == pytest.approx(1 / 3) and report["scene_accuracy"] == 0.0
     assert report["scene_unnamed_top_share"] == 1.0 and report["body_unnamed_top_share"] is None
+
+
+def test_unnamed_share_leaves_abstentions_out_and_bounds_the_share_by_hand() -> None:
+    # 8 of 10 read videos are "small"; 2 more abstained. Wilson 95 % for 8/10, by hand:
+    # (0.8 + 0.19208 -/+ 1.96 * sqrt(0.016 + 0.009604)) / 1.38416 = 0.4902 .. 0.9433
+    seen = ["small"] * 8 + ["big"] * 2 + [None] * 2
+    share = unnamed_share("scale", seen)
+    assert share["scale_unnamed_top_share"] == pytest.approx(0.8)
+    assert share["scale_unnamed_read"] == 10 and share["scale_unnamed_abstained"] == pytest.approx(2 / 12)
+    assert share["scale_unnamed_top_share_low"] == pytest.approx(0.4902, abs=1e-4)
+    assert share["scale_unnamed_top_share_high"] == pytest.approx(0.9433, abs=1e-4)
+    # abstentions alone are not a class taking over: nothing read, nothing to gate
+    assert unnamed_share("body", [None, None])["body_unnamed_top_share"] is None
+    # an unbiased two-class prior (9 of 18) passes; a takeover (17 of 18) does not
+    assert unnamed_share("scale", ["small"] * 9 + ["big"] * 9)["scale_unnamed_top_share_low"] < 0.5
+    assert unnamed_share("scale", ["small"] * 17 + ["big"])["scale_unnamed_top_share_low"] > 0.5
+
+
+def test_wilson_interval_rejects_bad_counts() -> None:
+    with pytest.raises(ValueError, match="3 of 2"):
+        wilson_interval(3, 2)
+    assert wilson_interval(0, 5)[0] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_paired_bootstrap_by_hand() -> None:

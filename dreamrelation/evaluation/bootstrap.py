@@ -1,4 +1,5 @@
-"""Paired bootstrap confidence intervals for method comparisons (issue 21 §4).
+"""Paired bootstrap confidence intervals for method comparisons (issue 21 §4), and the Wilson
+interval of a proportion (the toy base's unnamed-attribute gates, issue 21 §3).
 
 Two methods are judged on the same units: the same (relation, seed) *clusters* and, within each,
 the same prompts (*items*). The difference of their mean scores is resampled two-level: clusters
@@ -63,3 +64,18 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed:
     tail = (1 - level) / 2 * 100
     low, high = np.nanpercentile(means, [tail, 100 - tail])
     return Difference(float(values[valid].mean()), float(low), float(high), int(valid.sum()))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion `successes / n` (z = 1.96: 95 %).
+
+    Used where a share is compared with a threshold from a few dozen videos: the interval says
+    whether the data show the share beyond it, which a point estimate cannot.
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return float((centre - spread) / scale), float((centre + spread) / scale)

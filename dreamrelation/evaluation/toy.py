@@ -9,7 +9,7 @@ stick-figure person the prompt did not ask for (appearance leakage).
 World v2 (issue 21 §2-§4) judges every video against the scene, body and scale its prompt names
 (`AttributeVideo`); `attribute_rates` turns one into follow / leak / joint values against the
 exemplars' attributes, `attribute_report` into a set's accuracies and the share of the largest
-class where the prompt left an attribute unnamed.
+class where the prompt left an attribute unnamed (`unnamed_share`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKLMochi, MochiPipeline
 
 from dreamrelation.data.world import NAMEABLE, ClipSpec, WorldClip, WorldConfig, caption, parse_caption
+from dreamrelation.evaluation.bootstrap import wilson_interval
 from dreamrelation.evaluation.config import JUDGE_METRICS
 from dreamrelation.model.config import SampleConfig
 from dreamrelation.model.pretrain import decode_clips, encode_clips
@@ -225,10 +226,26 @@ def attribute_report(videos: Sequence[AttributeVideo]) -> dict[str, float | None
     report: dict[str, float | None] = {"relation_accuracy": rates["relation_accuracy"], "videos": float(len(videos))}
     for name in NAMEABLE:
         report[f"{name}_accuracy"] = rates[f"{name}_follow"]
-        unnamed = [v.seen[name] for v in videos if v.asked[name] is None]
-        report[f"{name}_unnamed_top_share"] = (
-            max(unnamed.count(value) for value in set(unnamed)) / len(unnamed) if unnamed else None)
+        report.update(unnamed_share(name, [v.seen[name] for v in videos if v.asked[name] is None]))
     return report
+
+
+def unnamed_share(name: str, seen: Sequence[str | None]) -> dict[str, float | None]:
+    """Where prompts left attribute `name` unnamed: the largest class's share among the videos the
+    judge read (an abstention, None, is no class), its 95 % Wilson interval, how many were read,
+    and the share it abstained on. The gate (issue 21 §3: "no class above 0.5 share") passes
+    unless the interval's lower end is above 0.5; a point estimate cannot pass it for a
+    two-class attribute, whose unbiased share is 0.5 itself."""
+    read = [value for value in seen if value is not None]
+    out: dict[str, float | None] = {f"{name}_unnamed_read": float(len(read)),
+                                    f"{name}_unnamed_abstained": (len(seen) - len(read)) / len(seen) if seen else None}
+    if not read:
+        return {**out, f"{name}_unnamed_top_share": None, f"{name}_unnamed_top_share_low": None,
+                f"{name}_unnamed_top_share_high": None}
+    top = max(read.count(value) for value in set(read))
+    low, high = wilson_interval(top, len(read))
+    return {**out, f"{name}_unnamed_top_share": top / len(read), f"{name}_unnamed_top_share_low": low,
+            f"{name}_unnamed_top_share_high": high}
 
 
 @torch.no_grad()
