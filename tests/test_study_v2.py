@@ -157,7 +157,7 @@ def test_micro_study_judges_every_step_and_reports_intervals(base_v2: Path, tmp_
     pairs = {(c["a"], c["b"], c["metric"]) for c in result["comparisons"]}
     assert ("dreamrelation", "direct_lora", "scene_leak") in pairs and ("direct_lora", "base", "joint") in pairs
     assert ("dreamrelation", "base", "P0_relation_accuracy") in pairs  # fit_prompts > 0: P0 is compared too
-    assert ("direct_lora", "base", "P2_relation_accuracy") in pairs
+    assert ("direct_lora", "base", "P2_relation_accuracy") in pairs and ("direct_lora", "base", "P2_scene_leak") in pairs
     for c in result["comparisons"]:
         assert c["low"] <= c["mean"] <= c["high"] and c["units"] > 0
     assert set(result["memorisation"]) == set(cfg.methods)

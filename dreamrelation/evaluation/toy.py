@@ -237,15 +237,12 @@ def unnamed_share(name: str, seen: Sequence[str | None]) -> dict[str, float | No
     unless the interval's lower end is above 0.5; a point estimate cannot pass it for a
     two-class attribute, whose unbiased share is 0.5 itself."""
     read = [value for value in seen if value is not None]
-    out: dict[str, float | None] = {f"{name}_unnamed_read": float(len(read)),
-                                    f"{name}_unnamed_abstained": (len(seen) - len(read)) / len(seen) if seen else None}
-    if not read:
-        return {**out, f"{name}_unnamed_top_share": None, f"{name}_unnamed_top_share_low": None,
-                f"{name}_unnamed_top_share_high": None}
-    top = max(read.count(value) for value in set(read))
-    low, high = wilson_interval(top, len(read))
-    return {**out, f"{name}_unnamed_top_share": top / len(read), f"{name}_unnamed_top_share_low": low,
-            f"{name}_unnamed_top_share_high": high}
+    top = max((read.count(value) for value in set(read)), default=0)
+    low, high = wilson_interval(top, len(read)) if read else (None, None)
+    return {f"{name}_unnamed_read": float(len(read)),
+            f"{name}_unnamed_abstained": (len(seen) - len(read)) / len(seen) if seen else None,
+            f"{name}_unnamed_top_share": top / len(read) if read else None,
+            f"{name}_unnamed_top_share_low": low, f"{name}_unnamed_top_share_high": high}
 
 
 @torch.no_grad()

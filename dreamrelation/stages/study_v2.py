@@ -353,9 +353,12 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 
 def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config) -> list[dict[str, Any]]:
     """Paired bootstrap intervals of the reported differences at the last step: every P1 metric,
-    P2's relation accuracy (`P2_relation_accuracy`; added after round two's first run, where P1's
-    small subjects turned out to limit relation accuracy) and P0's when P0 was judged."""
-    measured = [(metric, metric, "P1") for metric in REPORTED] + [("P2_relation_accuracy", "relation_accuracy", "P2")]
+    P2's relation accuracy and scene leak (`P2_relation_accuracy`, `P2_scene_leak`; added after
+    round two's first run, where P1's small subjects turned out to limit relation accuracy and a
+    base that follows named scenes leaked only where the scene was unnamed) and P0's when P0 was
+    judged."""
+    measured = [(metric, metric, "P1") for metric in REPORTED] + [
+        ("P2_relation_accuracy", "relation_accuracy", "P2"), ("P2_scene_leak", "scene_leak", "P2")]
     if cfg.fit_prompts:
         measured.append(("P0_relation_accuracy", "relation_accuracy", "P0"))
     out = []
