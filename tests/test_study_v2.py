@@ -17,8 +17,8 @@ from dreamrelation.evaluation.config import StudyV2Config
 from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, attribute_report, unnamed_share
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.stages.pretrain import GATES_FILE, GATES_V2, MODEL_DIR, pretrain_base
-from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, prompt_sets, run_jobs, relation_learnt, run_study_v2,
-                                           verdicts)
+from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, matched_steps,
+                                           prompt_sets, relation_learnt, run_jobs, run_study_v2, verdicts)
 
 MICRO_V2 = PretrainConfig(
     world=world_v2(),
@@ -172,11 +172,47 @@ def test_micro_study_judges_every_step_and_reports_intervals(base_v2: Path, tmp_
     assert again["comparisons"] == result["comparisons"]
 
 
+def test_round_three_judges_p2_at_every_step_and_pairs_matched_checkpoints(base_v2: Path, tmp_path: Path) -> None:
+    cfg = micro_study(methods=["dreamrelation", "direct_lora", "no_hmt", "base"], seeds=[0], fit_prompts=0,
+                      checkpoint_prompts=2, primary_set="P2", hmt_pairing="matched_accuracy")
+    result = run_study_v2(cfg, base_v2 / MODEL_DIR, MICRO_V2.world, tmp_path)
+    assert result["probe"]["prompt_set"] == "P2"
+    first = json.loads((tmp_path / "runs" / "loom" / "no_hmt" / "seed0" / "eval-00001.json").read_text())
+    assert set(first["sets"]) == {"P2"} and len(first["sets"]["P2"]) == 2  # the primary set, at every step
+    cells = result["curves"]["dreamrelation"]
+    assert "P2_scene_leak" in cells["1"] and "scene_leak" not in cells["1"] and "scene_leak" in cells["2"]
+    matched = [c for c in result["comparisons"] if c["metric"].startswith("matched_")]
+    assert {(c["b"], c["metric"]) for c in matched} == {
+        (b, m) for b in ("direct_lora", "no_hmt") for m in ("matched_P2_relation_accuracy", "matched_P2_scene_leak")}
+    for c in matched:
+        assert tuple(map(str, c["steps"])) == matched_steps(result["curves"], "dreamrelation", c["b"],
+                                                            "P2_relation_accuracy")
+    assert result["verdicts"] == verdicts(result["comparisons"], "P2", "matched_accuracy")
+    assert result["verdicts"]["HMT reduces leakage at matched relation accuracy"] != "not measured"
+    report = (tmp_path / REPORT_MD).read_text()
+    assert "At matched relation accuracy (P2" in report and "Leak probe (P2)" in report
+
+
+def test_matched_steps_pick_the_closest_accuracies_and_prefer_later_ties() -> None:
+    def curve(**accuracy):
+        return {step.removeprefix("s"): {"acc": {"mean": value}} for step, value in accuracy.items()}
+
+    table = {"a": curve(s100=0.2, s300=0.4, s600=0.5), "b": curve(s100=0.45, s300=0.6, s600=0.7)}
+    # |0.4-0.45| = |0.5-0.45| = 0.05 (a tie): the later pair, a 600 with b 100
+    assert matched_steps(table, "a", "b", "acc") == ("600", "100")
+    table["b"] = curve(s100=0.39, s300=0.6)
+    assert matched_steps(table, "a", "b", "acc") == ("300", "100")
+
+
 def test_study_v2_config_is_checked() -> None:
     with pytest.raises(ValueError, match="eval_steps"):
         StudyV2Config(eval_steps=[100, 300])
     with pytest.raises(ValueError, match="exemplar_scene"):
         StudyV2Config(exemplar_scene="forest")
+    with pytest.raises(ValueError, match=r"checkpoint_prompts \(10\) to prompts \(20\)"):
+        StudyV2Config(hmt_pairing="matched_accuracy")
+    with pytest.raises(ValueError, match="primary_set"):
+        StudyV2Config(primary_set="P3")
     with pytest.raises(ValueError, match="study_v2.relations"):
         load_toy_config("configs/toy/world-v2.yaml", ["study_v2.relations=[orbit]"])
     quick = load_toy_config("configs/toy/world-v2.yaml").quick().study_v2
@@ -199,6 +235,14 @@ def test_verdict_rules_by_hand() -> None:
     within = [c("dreamrelation", "direct_lora", "scene_leak", -0.2, 0.1), better[1]]
     assert verdicts(within + matched)[claims[0]].startswith("refuted")
     assert verdicts([])[claims[1]] == "not measured"
+    # round three: P2 metrics, and the HMT claim read from the matched pairs only
+    p2 = [{**x, "metric": "P2_" + x["metric"]} for x in better + matched]
+    assert verdicts(p2, "P2")[claims[0]] == "supported"
+    assert verdicts(p2, "P2", "matched_accuracy")[claims[0]] == "not measured"
+    matched_p2 = [{**x, "metric": "matched_" + x["metric"]} for x in p2]
+    assert verdicts(matched_p2 + [{**x, "metric": "P2_" + x["metric"]} for x in worse_accuracy], "P2",
+                    "matched_accuracy")[claims[0]] == "supported"
+    assert verdicts(p2 + [c("dreamrelation", "direct_lora", "P2_joint", 0.1, 0.3)], "P2")[claims[2]] == "supported"
 
 
 def test_relation_learnt_reads_the_intervals_against_the_base() -> None:

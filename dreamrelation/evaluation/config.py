@@ -238,12 +238,16 @@ def study_v2_train_config() -> TrainConfig:
 class StudyV2Config(StrictConfig):
     """The study, round two (issue 21 §4): fixed before any method is compared.
 
-    (`fit_prompts` came after the first run, for the learnability check; off by default.)
+    (`fit_prompts` came after the first run, for the learnability check; off by default.
+    `primary_set` and `hmt_pairing` came with round three, docs/study.md R9: at their defaults the
+    study is round two's.)
 
     Exemplars are all in one scene, with one body and one scale; the caption names the body only.
     P1 prompts name another scene, body and scale; P2 prompts name another body only (the base
     rate of drifting into the exemplars' scene). Every method is judged at each of `eval_steps`.
     """
+
+    added_later: ClassVar[dict[str, Any]] = {"primary_set": "P1", "hmt_pairing": "last_step"}
 
     relations: list[str] = Field(
         default=["loom"], description="Target relations (unseen by the base). Loom alone fits the 60-minute budget; "
@@ -261,8 +265,17 @@ class StudyV2Config(StrictConfig):
         "name the body), judged at every eval step: does the method learn the relation at all? 0: no P0 (round "
         "two's first run).")
     checkpoint_prompts: int = Field(
-        default=10, ge=1, description="P1 prompts judged at the steps before the last (the curve's earlier points)."
-    )
+        default=10, ge=1, description="Prompts of the primary set judged at the steps before the last (the curve's "
+        "earlier points).")
+    primary_set: Literal["P1", "P2"] = Field(
+        default="P1", description="The prompt set that the leak probe, the curves, the front plot and the verdicts "
+        "read. P1 names another scene, body and scale (round two); P2 names the bodies only, so a leaked scene is "
+        "one the prompt never asked about (round three, docs/study.md R9).")
+    hmt_pairing: Literal["last_step", "matched_accuracy"] = Field(
+        default="last_step", description="How the HMT claim pairs DreamRelation with direct LoRA and without-HMT. "
+        "last_step: both at the run's end (round two). matched_accuracy: at the pair of eval steps whose mean "
+        "relation accuracies (primary set) are closest, so leakage is compared where the methods have learnt "
+        "about as much (round three; needs checkpoint_prompts = prompts).")
     eval_steps: list[int] = Field(default=[100, 200, 400, 600], min_length=1,
                                   description="Training steps at which every method is judged; the last is the run's end.")
     train: TrainConfig = Field(default_factory=study_v2_train_config, description="Training, the same for every method.")
@@ -291,4 +304,8 @@ class StudyV2Config(StrictConfig):
                 raise ValueError(f"{name}: unknown {value!r}; choose from {', '.join(known)}")
         if sorted(set(self.eval_steps)) != self.eval_steps or self.eval_steps[-1] != self.train.steps:
             raise ValueError(f"eval_steps {self.eval_steps} must increase and end at train.steps ({self.train.steps})")
+        if self.hmt_pairing == "matched_accuracy" and self.checkpoint_prompts != self.prompts:
+            raise ValueError(f"hmt_pairing matched_accuracy pairs videos across eval steps, so every step must judge "
+                             f"the same prompts: set checkpoint_prompts ({self.checkpoint_prompts}) to prompts "
+                             f"({self.prompts})")
         return self

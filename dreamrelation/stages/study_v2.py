@@ -14,9 +14,13 @@ leak, joint (relation and scene and body as prompted); per method: memorisation 
 generated trajectory features to the nearest exemplar's, over that of fresh clips of the
 relation) and diversity (spread of one prompt's trajectory features across seeds).
 
-The leak probe runs first: unless direct LoRA's P1 scene leak exceeds the base's by
-`probe_margin`, the world has nothing to decouple and the study stops before comparing methods.
-Differences between methods come with paired bootstrap 95 % intervals (`evaluation.bootstrap`).
+One of them is the primary set (`primary_set`: P1 in round two, P2 in round three): it is judged
+at every eval step and read by the leak probe, the curves, the front plot and the verdicts; the
+other is judged at the last step. The leak probe runs first: unless direct LoRA's scene leak on
+the primary set exceeds the base's by `probe_margin`, the world has nothing to decouple and the
+study stops before comparing methods. Differences between methods come with paired bootstrap 95 %
+intervals (`evaluation.bootstrap`); with `hmt_pairing: matched_accuracy` the HMT claim pairs
+checkpoints of about equal relation accuracy.
 
 Output (resumable: every judged step of every run is a file): `probe.json`, `study.json`,
 `study.md`, `front.png` (relation accuracy against scene leak, one curve per method) and
@@ -62,13 +66,27 @@ COMPARISONS = (("dreamrelation", "direct_lora"), ("dreamrelation", "no_hmt"), ("
                ("dreamrelation", "base"), ("lambda_m_0", "dreamrelation"), ("lambda_m_5", "dreamrelation"),
                ("idle_decay", "dreamrelation"), ("direct_lora", "base"))
 REPORTED = ("relation_accuracy", "scene_leak", "body_leak", "scale_leak", "joint")
-EXTRA_COLUMNS = {"P0_relation_accuracy": "P0 relation accuracy", "P2_relation_accuracy": "P2 relation accuracy",
-                 "P2_scene_leak": "P2 scene leak", "P2_body_follow": "P2 body follow"}
+#: Per set and step in the curves: the reported metrics, and how often the prompted body is drawn.
+SET_METRICS = (*REPORTED, "body_follow")
+#: The other set's metrics in the report's curve table and in the comparisons.
+SECONDARY = ("relation_accuracy", "scene_leak")
+#: The HMT claim's comparisons (issue 21 §5): DreamRelation against these.
+HMT_BASELINES = ("direct_lora", "no_hmt")
 
 Progress = Callable[[str, int, int], None]
 
 
 # --------------------------------------------------------------------------- what is asked
+
+
+def metric_key(prompt_set: str, metric: str) -> str:
+    """A set's metric as named in curves and comparisons: P1's bare (round two's names), others prefixed."""
+    return metric if prompt_set == "P1" else f"{prompt_set}_{metric}"
+
+
+def secondary_set(cfg: StudyV2Config) -> str:
+    """The prompt set judged at the last step only."""
+    return "P2" if cfg.primary_set == "P1" else "P1"
 
 
 def exemplar_attributes(cfg: StudyV2Config) -> dict[str, str | None]:
@@ -108,8 +126,8 @@ class CheckpointJudge:
     """Generates and judges the prompt sets with the transformer as it trains (`train`'s sampler).
 
     At each of `steps` it writes `eval-<step>.json` in the run folder (skipped when present, so
-    a resumed run does not judge twice): P1's first `cfg.checkpoint_prompts` prompts and all of P0
-    (when there is one), and every set in full at the last step. Sampling seed of prompt i:
+    a resumed run does not judge twice): the primary set's first `cfg.checkpoint_prompts` prompts
+    and all of P0 (when there is one), and every set in full at the last step. Sampling seed of prompt i:
     `sample.seed + i`.
     """
 
@@ -135,15 +153,15 @@ class CheckpointJudge:
         pipe = MOCHI.pipeline_from_parts(transformer, self.vae, self.scheduler)
         last = step == self.steps[-1]
         record: dict[str, Any] = {"step": step, "sets": {}}
-        early = {"P0": len(self.prompts.get("P0", [])), "P1": self.cfg.checkpoint_prompts, "P2": 0}
+        early = {"P0": len(self.prompts.get("P0", [])), self.cfg.primary_set: self.cfg.checkpoint_prompts}
         for name in (n for n in PROMPT_SETS if n in self.prompts):
-            count = len(self.prompts[name]) if last else early[name]
+            count = len(self.prompts[name]) if last else early.get(name, 0)
             videos = []
             for i in range(min(count, len(self.prompts[name]))):
                 frames = generate(pipe, None, self.sample.model_copy(update={"seed": self.sample.seed + i}),
                                   self.text[name][i])
                 videos.append(judge_attributes(frames, self.prompts[name][i], self.captions[name][i]))
-                if last and name == "P1" and i < self.cfg.strip_prompts:
+                if last and name == self.cfg.primary_set and i < self.cfg.strip_prompts:
                     np.save(self.run_dir / f"strip{i}.npy", frames[:: max(1, len(frames) // 5)])
             if videos:
                 record["sets"][name] = [video_record(v) for v in videos]
@@ -249,13 +267,15 @@ def scene_leak(videos: list[AttributeVideo], exemplar: dict[str, str | None]) ->
 
 
 def leak_probe(cfg: StudyV2Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Direct LoRA's P1 scene leak against the base's (issue 21 §4): is there anything to decouple?"""
+    """Direct LoRA's scene leak on the primary set against the base's (issue 21 §4): is there
+    anything to decouple?"""
     exemplar = exemplar_attributes(cfg)
-    direct = scene_leak(last_sets(runs[0])["P1"], exemplar)
-    base = scene_leak(last_sets(runs[1])["P1"], exemplar)
+    direct = scene_leak(last_sets(runs[0])[cfg.primary_set], exemplar)
+    base = scene_leak(last_sets(runs[1])[cfg.primary_set], exemplar)
     passed = direct >= base + cfg.probe_margin
-    return {"relation": runs[0]["relation"], "seed": runs[0]["seed"], "direct_lora_scene_leak": direct,
-            "base_scene_leak": base, "margin": cfg.probe_margin, "passed": bool(passed)}
+    return {"relation": runs[0]["relation"], "seed": runs[0]["seed"], "prompt_set": cfg.primary_set,
+            "direct_lora_scene_leak": direct, "base_scene_leak": base, "margin": cfg.probe_margin,
+            "passed": bool(passed)}
 
 
 def run_study_v2(cfg: StudyV2Config, model_dir: str | Path, world: WorldConfig, folder: str | Path,
@@ -294,14 +314,15 @@ def run_study_v2(cfg: StudyV2Config, model_dir: str | Path, world: WorldConfig, 
                                     for relation, method, seed in jobs], cfg.workers, report)
     references = {r: reference_distances(cfg, world, r) for r in cfg.relations}
     table = curves(runs, cfg)
-    comparisons = compare_methods(runs, cfg)
+    comparisons = compare_methods(runs, cfg, table)
     extra = {m: memorisation_and_diversity(runs, m, cfg, world, references) for m in cfg.methods}
     result = {"config": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "probe": probe, "stopped": False,
-              "curves": table, "comparisons": comparisons, "verdicts": verdicts(comparisons), "memorisation": extra,
+              "curves": table, "comparisons": comparisons,
+              "verdicts": verdicts(comparisons, cfg.primary_set, cfg.hmt_pairing), "memorisation": extra,
               "runs": [{k: v for k, v in r.items() if k != "steps"} for r in runs]}
     (folder / RESULTS_JSON).write_text(json.dumps(result, indent=1))
     (folder / REPORT_MD).write_text(report_markdown(result, cfg))
-    cv2.imwrite(str(folder / FRONT_PNG), front_plot(table, cfg.methods)[:, :, ::-1])
+    cv2.imwrite(str(folder / FRONT_PNG), front_plot(table, cfg.methods, cfg.primary_set)[:, :, ::-1])
     write_strips(folder, cfg)
     return result
 
@@ -326,51 +347,64 @@ def unit_values(runs: list[dict[str, Any]], method: str, metric: str, cfg: Study
 
 
 def curves(runs: list[dict[str, Any]], cfg: StudyV2Config) -> dict[str, Any]:
-    """Per method and eval step: mean and seed std of each P1 metric, P0's relation accuracy (when
-    judged), and P2's relation accuracy, scene leak and body follow at the last step."""
+    """Per method and eval step: mean and seed std of SET_METRICS on the primary set, on the other
+    set too at the last step (named by `metric_key`), and P0's relation accuracy when judged."""
     table: dict[str, Any] = {}
     for method in cfg.methods:
         steps = ["0"] if method == "base" else [str(s) for s in cfg.eval_steps]
         for step in steps:
-            cell = {}
-            for metric in REPORTED:
-                values = unit_values(runs, method, metric, cfg, step)
-                per_cluster = np.nanmean(values, axis=1) if np.isfinite(values).any() else np.array([np.nan])
-                cell[metric] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(per_cluster))}
+            sets = [cfg.primary_set] + ([secondary_set(cfg)] if step == steps[-1] else [])
+            cell = {metric_key(name, metric): _summary(unit_values(runs, method, metric, cfg, step, name))
+                    for name in sets for metric in SET_METRICS}
             if cfg.fit_prompts:
                 cell["P0_relation_accuracy"] = _summary(unit_values(runs, method, "relation_accuracy", cfg, step, "P0"))
             table.setdefault(method, {})[step] = cell
-        last = steps[-1]
-        for metric in ("relation_accuracy", "scene_leak", "body_follow"):
-            table[method][last][f"P2_{metric}"] = _summary(unit_values(runs, method, metric, cfg, last, "P2"))
     return table
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
-    """Mean over every video, std over the (relation x seed) cluster means."""
+    """Mean over every video, std over the (relation x seed) cluster means (NaN where nothing applies)."""
+    if not np.isfinite(values).any():
+        return {"mean": math.nan, "std": math.nan}
     return {"mean": float(np.nanmean(values)), "std": float(np.nanstd(np.nanmean(values, axis=1)))}
 
 
-def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config) -> list[dict[str, Any]]:
-    """Paired bootstrap intervals of the reported differences at the last step: every P1 metric,
-    P2's relation accuracy and scene leak (`P2_relation_accuracy`, `P2_scene_leak`; added after
-    round two's first run, where P1's small subjects turned out to limit relation accuracy and a
-    base that follows named scenes leaked only where the scene was unnamed) and P0's when P0 was
-    judged."""
-    measured = [(metric, metric, "P1") for metric in REPORTED] + [
-        ("P2_relation_accuracy", "relation_accuracy", "P2"), ("P2_scene_leak", "scene_leak", "P2")]
+def matched_steps(table: dict[str, Any], a: str, b: str, accuracy: str) -> tuple[str, str]:
+    """The eval steps of `a` and `b` whose mean relation accuracies (`accuracy`, a curves key) are
+    closest; on a tie, the later pair (round three's HMT pairing, docs/study.md R9)."""
+    pairs = [(abs(cell_a[accuracy]["mean"] - cell_b[accuracy]["mean"]), -(int(step_a) + int(step_b)), step_a, step_b)
+             for step_a, cell_a in table[a].items() for step_b, cell_b in table[b].items()]
+    _, _, step_a, step_b = min(pairs)
+    return step_a, step_b
+
+
+def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config, table: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired bootstrap intervals of the reported differences at the last step: every REPORTED
+    metric on the primary set, relation accuracy and scene leak on the other (added after round
+    two's first run, where a base that follows named scenes leaked only where the scene was
+    unnamed) and P0's relation accuracy when P0 was judged. With `hmt_pairing: matched_accuracy`,
+    also DreamRelation against each of HMT_BASELINES at `matched_steps` (metrics `matched_<key>`)."""
+    other = secondary_set(cfg)
+    measured = [(metric_key(cfg.primary_set, m), m, cfg.primary_set) for m in REPORTED] + [
+        (metric_key(other, m), m, other) for m in SECONDARY]
     if cfg.fit_prompts:
         measured.append(("P0_relation_accuracy", "relation_accuracy", "P0"))
+    last = str(cfg.eval_steps[-1])
+    pairs = [(a, b, a_step, b_step, measured) for a, b in COMPARISONS if a in cfg.methods and b in cfg.methods
+             for a_step, b_step in [("0" if a == "base" else last, "0" if b == "base" else last)]]
+    if cfg.hmt_pairing == "matched_accuracy":
+        matched = [(f"matched_{metric_key(cfg.primary_set, m)}", m, cfg.primary_set) for m in SECONDARY]
+        accuracy = metric_key(cfg.primary_set, "relation_accuracy")
+        pairs += [("dreamrelation", b, *matched_steps(table, "dreamrelation", b, accuracy), matched)
+                  for b in HMT_BASELINES if "dreamrelation" in cfg.methods and b in cfg.methods]
     out = []
-    for a, b in COMPARISONS:
-        if a not in cfg.methods or b not in cfg.methods:
-            continue
-        for name, metric, prompt_set in measured:
-            difference = paired_difference(unit_values(runs, a, metric, cfg, prompt_set=prompt_set),
-                                           unit_values(runs, b, metric, cfg, prompt_set=prompt_set),
+    for a, b, a_step, b_step, metrics in pairs:
+        for name, metric, prompt_set in metrics:
+            difference = paired_difference(unit_values(runs, a, metric, cfg, a_step, prompt_set),
+                                           unit_values(runs, b, metric, cfg, b_step, prompt_set),
                                            cfg.resamples, cfg.seed)
-            out.append({"a": a, "b": b, "metric": name, "mean": difference.mean, "low": difference.low,
-                        "high": difference.high, "units": difference.units})
+            out.append({"a": a, "b": b, "metric": name, "steps": [int(a_step), int(b_step)], "mean": difference.mean,
+                        "low": difference.low, "high": difference.high, "units": difference.units})
     return out
 
 
@@ -381,11 +415,11 @@ def _standardised(features: list[list[float]]) -> np.ndarray:
 
 def reference_distances(cfg: StudyV2Config, world: WorldConfig, relation: str) -> dict[str, Any]:
     """Exemplar trajectory features, and the mean distance of fresh clips of the relation (the
-    P1 prompts rendered) to their nearest exemplar: the scale memorisation is measured against."""
+    primary set's prompts rendered) to their nearest exemplar: the scale memorisation is measured against."""
     exemplars = [judge_video(render_clip(s, world).video, default_params(2)).features
                  for s in exemplar_specs(cfg, world, relation)]
     fresh = [judge_video(render_clip(s, world).video, default_params(2)).features
-             for s in prompt_sets(cfg, world, relation)["P1"]]
+             for s in prompt_sets(cfg, world, relation)[cfg.primary_set]]
     bank = _standardised([f for f in exemplars if f is not None])
     fresh_distance = np.mean([np.linalg.norm(bank - x, axis=1).min() for x in _standardised([f for f in fresh if f is not None])])
     return {"bank": bank, "fresh": float(fresh_distance)}
@@ -393,14 +427,15 @@ def reference_distances(cfg: StudyV2Config, world: WorldConfig, relation: str) -
 
 def memorisation_and_diversity(runs: list[dict[str, Any]], method: str, cfg: StudyV2Config, world: WorldConfig,
                                references: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """Memorisation: mean distance of P1 generations' trajectory features to the nearest exemplar,
-    over that of fresh clips (below 1: closer to the exemplars than new clips of the relation are).
-    Diversity: mean over P1 prompts of the spread (mean distance to their centroid) across seeds."""
+    """Memorisation: mean distance of the primary set's generations' trajectory features to the
+    nearest exemplar, over that of fresh clips (below 1: closer to the exemplars than new clips of
+    the relation are). Diversity: mean over those prompts of the spread (mean distance to their
+    centroid) across seeds. Both at the last step."""
     ratios, spreads = [], []
     for relation in cfg.relations:
         per_prompt: dict[int, list[np.ndarray]] = {}
         for run in (r for r in runs if r["method"] == method and r["relation"] == relation):
-            for i, video in enumerate(last_sets(run)["P1"]):
+            for i, video in enumerate(last_sets(run)[cfg.primary_set]):
                 if video.trajectory:
                     x = _standardised([video.trajectory])[0]
                     bank = references[relation]["bank"]
@@ -426,20 +461,24 @@ def _sign(c: dict[str, Any] | None) -> int | None:
     return None if c is None else 1 if c["low"] > 0 else -1 if c["high"] < 0 else 0
 
 
-def verdicts(comparisons: list[dict[str, Any]]) -> dict[str, str]:
-    """The three claims (issue 21 §5), decided from the last step's intervals by rules fixed before
-    any comparison was run:
+def verdicts(comparisons: list[dict[str, Any]], primary_set: str = "P1",
+             pairing: str = "last_step") -> dict[str, str]:
+    """The three claims (issue 21 §5), decided from the intervals on the primary set by rules fixed
+    before any comparison was run (round two: P1, last step; round three: P2, matched pairs, R9):
 
-    - HMT reduces leakage at matched relation accuracy: DreamRelation's P1 scene leak is below both
+    - HMT reduces leakage at matched relation accuracy: DreamRelation's scene leak is below both
       direct LoRA's and without-HMT's beyond the interval, and its relation accuracy is not below
       either beyond the interval (supported); scene leak within the interval of either (refuted);
-      otherwise (less leak bought with lower relation accuracy, or more leak) not supported.
-    - RCL improves relation dynamics: relation accuracy against without-RCL above 0 beyond the
-      interval (supported), within it (not shown), below (refuted).
+      otherwise (less leak bought with lower relation accuracy, or more leak) not supported. With
+      `pairing` matched_accuracy both read the `matched_` comparisons, else the last step's.
+    - RCL improves relation dynamics: relation accuracy against without-RCL at the last step above
+      0 beyond the interval (supported), within it (not shown), below (refuted).
     - The triplet beats one LoRA: the joint score against direct LoRA, the same way.
     """
-    leak = [_sign(_interval(comparisons, "dreamrelation", b, "scene_leak")) for b in ("direct_lora", "no_hmt")]
-    accuracy = [_sign(_interval(comparisons, "dreamrelation", b, "relation_accuracy")) for b in ("direct_lora", "no_hmt")]
+    accuracy_key, leak_key, joint_key = (metric_key(primary_set, m) for m in ("relation_accuracy", "scene_leak", "joint"))
+    prefix = "matched_" if pairing == "matched_accuracy" else ""
+    leak = [_sign(_interval(comparisons, "dreamrelation", b, prefix + leak_key)) for b in HMT_BASELINES]
+    accuracy = [_sign(_interval(comparisons, "dreamrelation", b, prefix + accuracy_key)) for b in HMT_BASELINES]
     if None in leak or None in accuracy:
         hmt = "not measured"
     elif all(v == -1 for v in leak) and all(v != -1 for v in accuracy):
@@ -454,16 +493,17 @@ def verdicts(comparisons: list[dict[str, Any]]) -> dict[str, str]:
         return {None: "not measured", 1: "supported", 0: "not shown (within the interval)", -1: "refuted"}[sign]
 
     return {"HMT reduces leakage at matched relation accuracy": hmt,
-            "RCL improves relation dynamics": simple("dreamrelation", "no_rcl", "relation_accuracy"),
-            "the triplet beats one LoRA": simple("dreamrelation", "direct_lora", "joint")}
+            "RCL improves relation dynamics": simple("dreamrelation", "no_rcl", accuracy_key),
+            "the triplet beats one LoRA": simple("dreamrelation", "direct_lora", joint_key)}
 
 
-def relation_learnt(comparisons: list[dict[str, Any]]) -> str:
+def relation_learnt(comparisons: list[dict[str, Any]], accuracy_key: str = "relation_accuracy") -> str:
     """Context for the verdicts, not one of their rules (added after round two's first run, where
     no method's relation accuracy rose above the base's): whether any trained method learnt the
-    target relation beyond the interval. If none did, "matched relation accuracy" is matched at
-    the base's level, and less leak may only mean less learning."""
-    signs = {a: _sign(_interval(comparisons, a, "base", "relation_accuracy")) for a in ("dreamrelation", "direct_lora")}
+    target relation beyond the interval (`accuracy_key`: the primary set's relation accuracy). If
+    none did, "matched relation accuracy" is matched at the base's level, and less leak may only
+    mean less learning."""
+    signs = {a: _sign(_interval(comparisons, a, "base", accuracy_key)) for a in ("dreamrelation", "direct_lora")}
     above = [a for a, sign in signs.items() if sign == 1]
     if all(sign is None for sign in signs.values()):
         return "not measured (no comparison against the base)"
@@ -477,53 +517,73 @@ def probe_markdown(probe: dict[str, Any]) -> str:
     return "\n".join([
         "# Toy-world study, round two: stopped at the leak probe", "",
         f"Direct LoRA ({probe['relation']}, seed {probe['seed']}) leaks the exemplars' scene into "
-        f"{probe['direct_lora_scene_leak']:.3f} of P1 videos, the base into {probe['base_scene_leak']:.3f}; the "
-        f"probe asks for a margin of {probe['margin']:.2f}. The world has nothing for HMT to decouple, so no method "
-        "was compared: change the world first (issue 21 §4).", ""])
+        f"{probe['direct_lora_scene_leak']:.3f} of {probe['prompt_set']} videos, the base into "
+        f"{probe['base_scene_leak']:.3f}; the probe asks for a margin of {probe['margin']:.2f}. The world has "
+        "nothing for HMT to decouple, so no method was compared: change the world first (issue 21 §4).", ""])
+
+
+def _cell_text(cell: dict[str, float] | None) -> str:
+    return "" if cell is None else f"{format_sig(cell['mean'], 3)} ± {format_sig(cell['std'], 2)}"
+
+
+def _difference_text(c: dict[str, Any]) -> str:
+    return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
 
 
 def report_markdown(result: dict[str, Any], cfg: StudyV2Config) -> str:
-    """Curves per method, the intervals of the differences, memorisation and diversity."""
-    probe = result["probe"]
+    """Curves per method, the intervals of the differences, the verdicts, memorisation and diversity."""
+    probe, primary, other = result["probe"], cfg.primary_set, secondary_set(cfg)
+    columns = [metric_key(primary, m) for m in SET_METRICS] + [metric_key(other, m) for m in SECONDARY]
+    columns += ["P0_relation_accuracy"] if cfg.fit_prompts else []
     lines = [
         "# Toy-world study, round two", "",
         f"Relations {', '.join(cfg.relations)}; seeds {cfg.seeds}; {cfg.exemplars} exemplars "
         f"({cfg.exemplar_scene}, {cfg.exemplar_body}, {cfg.exemplar_scale}; captions name the body); "
         f"{cfg.train.steps} steps at lr {cfg.train.lr:g}; judged at steps {cfg.eval_steps} "
-        f"({cfg.checkpoint_prompts} P1 prompts before the last, {cfg.prompts} per set at the last).", "",
-        f"Leak probe: direct LoRA scene leak {probe['direct_lora_scene_leak']:.3f} vs base "
+        f"({cfg.checkpoint_prompts} {primary} prompts before the last, {cfg.prompts} per set at the last). "
+        f"Primary prompt set {primary}; HMT pairing {cfg.hmt_pairing}.", "",
+        f"Leak probe ({primary}): direct LoRA scene leak {probe['direct_lora_scene_leak']:.3f} vs base "
         f"{probe['base_scene_leak']:.3f} (margin {probe['margin']:.2f}): passed.", "",
-        "## Curves (P1; mean ± std over relation x seed)", "",
-        "| method | step | " + " | ".join(m.replace("_", " ") for m in REPORTED) + " | "
-        + " | ".join(EXTRA_COLUMNS.values()) + " |",
-        "|---|---|" + "---|" * (len(REPORTED) + len(EXTRA_COLUMNS)),
+        f"## Curves (mean ± std over relation x seed; {other} at the last step only)", "",
+        "| method | step | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     for method, steps in result["curves"].items():
         for step, cell in steps.items():
-            extra = [cell.get(key) for key in EXTRA_COLUMNS]
-            lines.append(f"| {method} | {step} | " + " | ".join(
-                f"{format_sig(cell[m]['mean'], 3)} ± {format_sig(cell[m]['std'], 2)}" for m in REPORTED) + " | "
-                + " | ".join("" if e is None else f"{format_sig(e['mean'], 3)}" for e in extra) + " |")
-    metrics = list(dict.fromkeys(c["metric"] for c in result["comparisons"]))
-    lines += ["", "## Differences at the last step (P1 unless named; paired bootstrap 95 % CI)", "",
+            lines.append(f"| {method} | {step} | " + " | ".join(_cell_text(cell.get(c)) for c in columns) + " |")
+    last = [c for c in result["comparisons"] if not c["metric"].startswith("matched_")]
+    metrics = list(dict.fromkeys(c["metric"] for c in last))
+    lines += ["", "## Differences at the last step (paired bootstrap 95 % CI)", "",
               "| a - b | " + " | ".join(m.replace("_", " ") for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
-    pairs = {(c["a"], c["b"]) for c in result["comparisons"]}
-    for a, b in (p for p in COMPARISONS if p in pairs):
-        cells = {c["metric"]: c for c in result["comparisons"] if (c["a"], c["b"]) == (a, b)}
-        lines.append(f"| {a} - {b} | " + " | ".join(
-            f"{cells[m]['mean']:+.3f} [{cells[m]['low']:+.3f}, {cells[m]['high']:+.3f}]" for m in metrics) + " |")
+    for a, b in (p for p in COMPARISONS if p in {(c["a"], c["b"]) for c in last}):
+        cells = {c["metric"]: c for c in last if (c["a"], c["b"]) == (a, b)}
+        lines.append(f"| {a} - {b} | " + " | ".join(_difference_text(cells[m]) for m in metrics) + " |")
+    matched = [c for c in result["comparisons"] if c["metric"].startswith("matched_")]
+    if matched:
+        lines += ["", f"## At matched relation accuracy ({primary}; the HMT claim's pairs, `matched_steps`)", "",
+                  "| a (step) - b (step) | relation accuracy | scene leak |", "|---|---|---|"]
+        for b in dict.fromkeys(c["b"] for c in matched):
+            cells = [c for c in matched if c["b"] == b]
+            (step_a, step_b) = cells[0]["steps"]
+            lines.append(f"| {cells[0]['a']} ({step_a}) - {b} ({step_b}) | "
+                         + " | ".join(_difference_text(c) for c in cells) + " |")
+    accuracy_key = metric_key(primary, "relation_accuracy")
     lines += ["", "## Verdicts (rules in `stages/study_v2.py:verdicts`)", ""]
-    lines += [f"- *{claim}*: {verdict}" for claim, verdict in verdicts(result["comparisons"]).items()]
-    lines += ["", f"Relation learnt above the base (context, not a verdict rule): {relation_learnt(result['comparisons'])}."]
-    lines += ["", "## Memorisation and diversity (P1, last step)", "", "| method | memorisation | diversity |",
+    lines += [f"- *{claim}*: {verdict}"
+              for claim, verdict in verdicts(result["comparisons"], primary, cfg.hmt_pairing).items()]
+    lines += ["", "Relation learnt above the base (context, not a verdict rule): "
+              f"{relation_learnt(result['comparisons'], accuracy_key)}."]
+    lines += ["", f"## Memorisation and diversity ({primary}, last step)", "", "| method | memorisation | diversity |",
               "|---|---|---|"]
     for method, values in result["memorisation"].items():
         lines.append(f"| {method} | {format_sig(values['memorisation'], 3, '-')} | {format_sig(values['diversity'], 3, '-')} |")
     return "\n".join(lines) + "\n"
 
 
-def front_plot(table: dict[str, Any], methods: list[str], width: int = 560, height: int = 420) -> np.ndarray:
-    """RGB plot: relation accuracy (up) against P1 scene leak (right), one polyline per method over its steps."""
+def front_plot(table: dict[str, Any], methods: list[str], prompt_set: str = "P1", width: int = 560,
+               height: int = 420) -> np.ndarray:
+    """RGB plot: relation accuracy (up) against scene leak (right) on `prompt_set`, one polyline per
+    method over its steps."""
     image = np.full((height, width, 3), 255, np.uint8)
     left, bottom, top, right = 50, height - 40, 20, width - 150
     colours = [(52, 101, 164), (204, 0, 0), (0, 0, 0), (245, 121, 0), (115, 210, 22), (117, 80, 123),
@@ -539,11 +599,12 @@ def front_plot(table: dict[str, Any], methods: list[str], width: int = 560, heig
         cv2.putText(image, f"{tick:g}", (x - 8, bottom + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         cv2.putText(image, f"{tick:g}", (left - 34, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
     cv2.rectangle(image, (left, top), (right, bottom), (0, 0, 0), 1)
-    cv2.putText(image, "scene leak (P1) ->", (left + 60, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.putText(image, f"scene leak ({prompt_set}) ->", (left + 60, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     cv2.putText(image, "relation acc.", (2, top - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     for i, method in enumerate(m for m in methods if m in table):
         colour = colours[i % len(colours)]
-        points = [at(cell["scene_leak"]["mean"], cell["relation_accuracy"]["mean"]) for cell in table[method].values()]
+        leak, accuracy = metric_key(prompt_set, "scene_leak"), metric_key(prompt_set, "relation_accuracy")
+        points = [at(cell[leak]["mean"], cell[accuracy]["mean"]) for cell in table[method].values()]
         for p, q in zip(points, points[1:]):
             cv2.line(image, p, q, colour, 1, cv2.LINE_AA)
         for p in points:
