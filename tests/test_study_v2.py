@@ -15,6 +15,7 @@ from dreamrelation.data.world import ALL_RELATIONS, world_v2
 from dreamrelation.evaluation.bootstrap import paired_difference, wilson_interval
 from dreamrelation.evaluation.config import StudyV2Config
 from dreamrelation.evaluation.toy import AttributeVideo, attribute_rates, attribute_report, unnamed_share
+from dreamrelation.flows.server_guard import is_running
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.stages.pretrain import GATES_FILE, GATES_V2, MODEL_DIR, pretrain_base
 from dreamrelation.stages.study_v2 import (PROBE_JSON, REPORT_MD, RESULTS_JSON, exemplar_specs, matched_steps,
@@ -289,4 +290,7 @@ def test_run_jobs_keeps_order_and_stops_its_workers_when_the_caller_stops() -> N
         run_jobs(time.sleep, [(0,), (300,)], workers=2, on_result=stop)
     # without the termination the pool would wait for the 300-s job; a generous bound, not a speed target
     assert time.monotonic() - start < 120
-    assert multiprocessing.active_children() == []
+    # No worker runs on. (multiprocessing may still list one as started: when the pool's manager
+    # thread reaps a worker while `run_jobs` joins it, the loser's waitpid fails and its Process
+    # object never learns the exit, about 1 run in 4 here. /proc says whether it runs.)
+    assert [p.pid for p in multiprocessing.active_children() if is_running(p.pid)] == []

@@ -389,9 +389,11 @@ def compare_methods(runs: list[dict[str, Any]], cfg: StudyV2Config, table: dict[
         (metric_key(other, m), m, other) for m in SECONDARY]
     if cfg.fit_prompts:
         measured.append(("P0_relation_accuracy", "relation_accuracy", "P0"))
-    last = str(cfg.eval_steps[-1])
-    pairs = [(a, b, a_step, b_step, measured) for a, b in COMPARISONS if a in cfg.methods and b in cfg.methods
-             for a_step, b_step in [("0" if a == "base" else last, "0" if b == "base" else last)]]
+
+    def last(method: str) -> str:
+        return "0" if method == "base" else str(cfg.eval_steps[-1])
+
+    pairs = [(a, b, last(a), last(b), measured) for a, b in COMPARISONS if a in cfg.methods and b in cfg.methods]
     if cfg.hmt_pairing == "matched_accuracy":
         matched = [(f"matched_{metric_key(cfg.primary_set, m)}", m, cfg.primary_set) for m in SECONDARY]
         accuracy = metric_key(cfg.primary_set, "relation_accuracy")
