@@ -273,6 +273,7 @@ def test_cli_study_on_world_v2_runs_the_round_two_stage(prefect_harness, tmp_pat
     assert "toy-world pretrain_base built" in flat and "toy-world study_v2 built" in flat
     report = next((tmp_path / "toy" / "studies").glob("toy-v2-*/study.md")).read_text()
     assert "direct_lora - base" in report and "Leak probe" in report
+    assert "RCL improves relation dynamics: not measured" in flat  # the verdicts, printed at the end
 
 
 def test_run_jobs_keeps_order_and_stops_its_workers_when_the_caller_stops() -> None:

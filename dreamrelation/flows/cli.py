@@ -512,6 +512,11 @@ def study(
     cfg = _toy_config(config, set_, quick)
     results = _guard(study_flow, config=cfg, force=force)
     _report(results)
+    summary = results[-1].summary
+    if summary.get("stopped"):
+        typer.echo("\nstopped at the leak probe: no method was compared")
+    for claim, verdict in (summary.get("verdicts") or {}).items():
+        typer.echo(f"{claim}: {verdict}")
     typer.echo(f"\nreport: {results[-1].uri}/study.md")
 
 

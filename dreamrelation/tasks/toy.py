@@ -76,6 +76,6 @@ def study_v2_task(config: ToyConfig, force: bool = False) -> StageResult:
         result = run_study_v2(config.study_v2, model_dir, config.pretrain.world, folder, _PhaseProgress({}))
         create_markdown_artifact(key=artifact_key(TOY, "study-v2"), markdown=(Path(folder) / REPORT_MD).read_text(),
                                  description="Toy-world study, round two: leakage against relation accuracy (issue 21)")
-        summary.update(stopped=result["stopped"], probe=result["probe"])
+        summary.update(stopped=result["stopped"], probe=result["probe"], verdicts=result.get("verdicts"))
 
     return run_stage(store, plan["study_v2"], build, force, resumable=True)
