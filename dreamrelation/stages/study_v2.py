@@ -571,8 +571,7 @@ def report_markdown(result: dict[str, Any], cfg: StudyV2Config) -> str:
                          + " | ".join(_difference_text(c) for c in cells) + " |")
     accuracy_key = metric_key(primary, "relation_accuracy")
     lines += ["", "## Verdicts (rules in `stages/study_v2.py:verdicts`)", ""]
-    lines += [f"- *{claim}*: {verdict}"
-              for claim, verdict in verdicts(result["comparisons"], primary, cfg.hmt_pairing).items()]
+    lines += [f"- *{claim}*: {verdict}" for claim, verdict in result["verdicts"].items()]
     lines += ["", "Relation learnt above the base (context, not a verdict rule): "
               f"{relation_learnt(result['comparisons'], accuracy_key)}."]
     lines += ["", f"## Memorisation and diversity ({primary}, last step)", "", "| method | memorisation | diversity |",
@@ -603,9 +602,9 @@ def front_plot(table: dict[str, Any], methods: list[str], prompt_set: str = "P1"
     cv2.rectangle(image, (left, top), (right, bottom), (0, 0, 0), 1)
     cv2.putText(image, f"scene leak ({prompt_set}) ->", (left + 60, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     cv2.putText(image, "relation acc.", (2, top - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    leak, accuracy = metric_key(prompt_set, "scene_leak"), metric_key(prompt_set, "relation_accuracy")
     for i, method in enumerate(m for m in methods if m in table):
         colour = colours[i % len(colours)]
-        leak, accuracy = metric_key(prompt_set, "scene_leak"), metric_key(prompt_set, "relation_accuracy")
         points = [at(cell[leak]["mean"], cell[accuracy]["mean"]) for cell in table[method].values()]
         for p, q in zip(points, points[1:]):
             cv2.line(image, p, q, colour, 1, cv2.LINE_AA)
