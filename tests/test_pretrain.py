@@ -348,3 +348,36 @@ def test_export_writes_a_float16_copy_and_never_replaces_a_foreign_folder(toy_ba
     with pytest.raises(ExportError, match="is not an earlier toy-base export"):
         export_base(toy_base, foreign, "abc123")
     assert [p.name for p in foreign.iterdir()] == ["sentinel.txt"] and (foreign / "sentinel.txt").read_text() == "keep me"
+
+
+def test_subject_masks_cover_exactly_the_cells_the_rendered_subjects_touch() -> None:
+    from dreamrelation.model.pretrain import subject_masks, training_clips
+
+    clips = training_clips(MICRO)
+    masks = subject_masks(MICRO, [c.caption for c in clips])
+    frames, height, width = clips[0].masks.shape[0], MICRO.world.height, MICRO.world.width
+    assert masks.shape == (len(clips), (frames - 1) // 6 + 1, height // 8, width // 8)
+    for clip, mask in zip(clips, masks.numpy()):
+        pixels = clip.masks.any(axis=1)  # (T, H, W): either subject
+        cells = pixels.reshape(frames, height // 8, 8, width // 8, 8).any(axis=(2, 4))
+        assert np.array_equal(mask[0], cells[0].astype(np.float32))  # latent frame 0 <- frame 0
+        assert np.allclose(mask[1], cells[1:7].mean(axis=0))  # latent frame 1 <- frames 1..6
+    with pytest.raises(RuntimeError, match="dit_data.pt"):
+        subject_masks(MICRO, ["another caption"] * len(clips))
+
+
+def test_subject_weight_weighs_the_subjects_cells_and_leaves_the_key_alone_at_zero(toy_base: Path, tmp_path: Path) -> None:
+    from dreamrelation.model.pretrain import DitData, build_models, train_dit
+
+    assert "subject_weight" not in json.dumps(MICRO.key_dump())
+    data = DitData(**torch.load(toy_base / "work/dit_data.pt"))
+    first = {}
+    for weight in (0.0, 4.0):
+        cfg = MICRO.model_copy(update={"dit": MICRO.dit.model_copy(update={"steps": 1, "subject_weight": weight})})
+        transformer = build_models(cfg)[1]  # same seed: the same initial DiT for both
+        work = tmp_path / str(weight)
+        work.mkdir()
+        train_dit(transformer, data, cfg, work, on_step=lambda _s, loss: first.setdefault(weight, loss))
+    assert "subject_weight" in json.dumps(cfg.key_dump())
+    # The same batch, noise and model; every weight is >= 1 and the subjects' cells weigh 5.
+    assert first[4.0] > first[0.0] > 0

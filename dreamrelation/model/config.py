@@ -328,7 +328,7 @@ class VaePretrainConfig(StrictConfig):
 class DitPretrainConfig(StrictConfig):
     """The transformer phase (issue 13 §2; METHOD.md §1 objective)."""
 
-    added_later: ClassVar[dict[str, Any]] = {"patch_size": 2, "noise_levels": "uniform"}
+    added_later: ClassVar[dict[str, Any]] = {"patch_size": 2, "noise_levels": "uniform", "subject_weight": 0.0}
 
     num_layers: int = Field(default=4, ge=1, description="MM-DiT blocks.")
     num_attention_heads: int = Field(default=4, ge=1, description="Attention heads.")
@@ -339,6 +339,13 @@ class DitPretrainConfig(StrictConfig):
         description="How the training noise level s is drawn: uniform on [0, 1], or logit-normal "
         "(s = sigmoid(n), n ~ N(0, 1), as in SD3), which trains the middle levels, where the "
         "subjects' shapes are decided, more often.",
+    )
+    subject_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="lambda of HMT's mask weighting (METHOD.md §3) in the pretraining loss: latent cells "
+        "the subjects cover weigh 1 + lambda, the background 1. 0: the plain flow loss. The subjects "
+        "cover about an eighth of the cells, so at 0 their shapes get a small share of the gradient.",
     )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
     steps: int = Field(default=7500, ge=0, description="Optimizer steps.")

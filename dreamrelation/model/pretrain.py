@@ -12,7 +12,9 @@ whose tokenizer knows the world's words. Two phases, each resumable from its las
    (METHOD.md §1 Decision).
 2. DiT: the rectified-flow objective of METHOD.md §1 (x_s = (1-s) z0 + s eps, t = 1000 (1-s),
    target v = z0 - eps, caption dropout for CFG) on the normalized latents of a fixed set of
-   world clips whose relations exclude the study's targets (the base never sees their verbs).
+   world clips whose relations exclude the study's targets (the base never sees their verbs);
+   optionally with HMT's mask weighting (METHOD.md §3) on the subjects' latent cells
+   (`dit.subject_weight`), from the renderer's own masks.
 
 Plain torch; the stage body (`stages/pretrain.py`) renders nothing itself and adds the gates.
 """
@@ -33,6 +35,7 @@ from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, Mochi
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from dreamrelation.data.masks import latent_masks
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import (
     ALL_RELATIONS,
@@ -49,6 +52,7 @@ from dreamrelation.data.world import (
 )
 from dreamrelation.model.config import PretrainConfig
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
+from dreamrelation.model.losses import masked_flow_loss
 from dreamrelation.model.family import normalize_latents
 from dreamrelation.model.mochi import TINY_T5, encode_text, flow_target, timestep_from_noise_level, tiny_tokenizer
 from dreamrelation.model.train import add_noise, lr_factor, step_generator
@@ -336,6 +340,25 @@ def encode_training_set(
                    torch.cat([m for _, m in text]), (empty[0][0], empty[1][0]), captions)
 
 
+def training_clips(cfg: PretrainConfig) -> list[Any]:
+    """The DiT phase's clips (seen relations only, every kind): a function of the config."""
+    return render_set(cfg, cfg.dit.clips, cfg.seen_relations, phase=5)
+
+
+def subject_masks(cfg: PretrainConfig, captions: Sequence[str]) -> torch.Tensor:
+    """Latent relation masks R (N, f, h, w) of the DiT's training clips (METHOD.md §3: any-coverage
+    on the 8x grid, then causal averaging over T_c frames), from the renderer's masks.
+
+    The clips are rendered again (a few ms each); `captions` are the encoded set's, and a clip
+    whose caption differs means the set was encoded from other clips: an error, not a silent mismatch.
+    """
+    clips = training_clips(cfg)
+    if [c.caption for c in clips] != list(captions):
+        raise RuntimeError("the encoded DiT training set does not match this config's clips; "
+                           "delete work/dit_data.pt to encode it again")
+    return torch.from_numpy(np.stack([latent_masks(c.masks)[:, 2] for c in clips]))
+
+
 def dit_data(
     vae: AutoencoderKLMochi, tokenizer: T5Tokenizer, text_encoder: T5EncoderModel, cfg: PretrainConfig, work: Path
 ) -> DitData:
@@ -343,7 +366,7 @@ def dit_data(
     cache = work / "dit_data.pt"
     state = _load(cache)
     if state is None:
-        clips = render_set(cfg, cfg.dit.clips, cfg.seen_relations, phase=5)
+        clips = training_clips(cfg)
         captions = [c.caption for c in clips]
         leaked = [c for c in captions for r in cfg.held_out_relations if ALL_RELATIONS[r].verb in c]
         if leaked:
@@ -367,11 +390,13 @@ def train_dit(
     work: Path,
     on_step: Callable[[int, float], None] | None = None,
 ) -> PhaseResult:
-    """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set.
+    """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set, each
+    cell's squared error weighted by 1 + subject_weight * R (METHOD.md §3; 0: the plain loss).
 
     Runs with the exact, faster joint attention of `model.joint_attention` (same numbers).
     """
     d = cfg.dit
+    subjects = subject_masks(cfg, data.captions) if d.subject_weight > 0 else None
 
     def loss_at(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, step)
@@ -390,7 +415,8 @@ def train_dit(
             encoder_attention_mask=masks,
             return_dict=False,
         )[0]
-        return torch.mean((v_pred - flow_target(z0, eps)) ** 2)
+        return masked_flow_loss(v_pred, flow_target(z0, eps), None if subjects is None else subjects[index],
+                                d.subject_weight)
 
     with batched_joint_attention(transformer):
         return _run_phase("dit", transformer, d.steps, d.lr, d.warmup_steps, work / "dit.pt", d.checkpoint_every,
