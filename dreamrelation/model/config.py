@@ -345,7 +345,7 @@ class DitPretrainConfig(StrictConfig):
         ge=0,
         description="lambda of HMT's mask weighting (METHOD.md §3) in the pretraining loss: latent cells "
         "the subjects cover weigh 1 + lambda, the background 1. 0: the plain flow loss. The subjects "
-        "cover about an eighth of the cells, so at 0 their shapes get a small share of the gradient.",
+        "carry about a sixth of the mask mass, so at 0 their shapes get a small share of the gradient.",
     )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
     steps: int = Field(default=7500, ge=0, description="Optimizer steps.")
