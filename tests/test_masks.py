@@ -14,6 +14,7 @@ from dreamrelation.data.masks import (
     MaskConfig,
     NotEnoughSubjects,
     frame_number,
+    latent_coverage,
     latent_grid,
     latent_masks,
     latent_shape,
@@ -80,6 +81,20 @@ def test_any_coverage_reduction():
     assert set(zip(*np.nonzero(cells[0]))) == {(1, 2), (2, 0)}
     with pytest.raises(ValueError, match="divisible"):
         latent_grid(np.zeros((1, 20, 32), dtype=bool))
+
+
+def test_coverage_reduction_is_the_covered_fraction_of_each_cell():
+    masks = np.zeros((1, 24, 32), dtype=bool)
+    masks[0, 9, 17] = True  # one pixel of 64 in cell (1, 2)
+    masks[0, 16:24, 0:8] = True  # the whole cell (2, 0)
+    masks[0, 0:4, 24:32] = True  # the top half of cell (0, 3)
+    cells = latent_coverage(masks)
+    assert cells.shape == (1, 3, 4) and cells.dtype == np.float32
+    expected = np.zeros((3, 4), dtype=np.float32)
+    expected[1, 2], expected[2, 0], expected[0, 3] = 1 / 64, 1.0, 0.5
+    np.testing.assert_allclose(cells[0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="divisible"):
+        latent_coverage(np.zeros((1, 24, 30), dtype=bool))
 
 
 def test_relation_is_union_per_frame_before_averaging():

@@ -364,12 +364,20 @@ def test_subject_masks_cover_exactly_the_cells_the_rendered_subjects_touch() -> 
         assert np.allclose(mask[1], cells[1:7].mean(axis=0))  # latent frame 1 <- frames 1..6
     with pytest.raises(RuntimeError, match="dit_data.pt"):
         subject_masks(MICRO, ["another caption"] * len(clips))
+    # 'fraction': the share of each cell's pixels either subject covers, averaged the same way.
+    fraction = MICRO.model_copy(update={"dit": MICRO.dit.model_copy(update={"subject_mask": "fraction"})})
+    shares = subject_masks(fraction, [c.caption for c in clips]).numpy()
+    for clip, share in zip(clips, shares):
+        pixels = clip.masks.any(axis=1).reshape(frames, height // 8, 8, width // 8, 8).mean(axis=(2, 4))
+        np.testing.assert_allclose(share[0], pixels[0], rtol=1e-6)
+        np.testing.assert_allclose(share[1], pixels[1:7].mean(axis=0), rtol=1e-5)
+    assert 0 < shares.sum() < masks.numpy().sum()  # partly covered cells weigh less than under 'any'
 
 
 def test_subject_weight_weighs_the_subjects_cells_and_leaves_the_key_alone_at_zero(toy_base: Path, tmp_path: Path) -> None:
     from dreamrelation.model.pretrain import DitData, build_models, train_dit
 
-    assert "subject_weight" not in json.dumps(MICRO.key_dump())
+    assert "subject_weight" not in json.dumps(MICRO.key_dump()) and "subject_mask" not in json.dumps(MICRO.key_dump())
     data = DitData(**torch.load(toy_base / "work/dit_data.pt"))
     first = {}
     for weight in (0.0, 4.0):

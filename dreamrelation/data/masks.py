@@ -321,13 +321,22 @@ def preprocess_masks(masks: np.ndarray, src_fps: float, video: VideoConfig, star
     return out.view(bool)
 
 
-def latent_grid(masks: np.ndarray, factor: int = SPATIAL_COMPRESSION) -> np.ndarray:
-    """Any-coverage reduction (..., H, W) bool -> (..., H/factor, W/factor) bool."""
+def _cell_blocks(masks: np.ndarray, factor: int) -> np.ndarray:
+    """(..., H, W) -> (..., H/factor, factor, W/factor, factor): the pixels of each latent cell."""
     *lead, height, width = masks.shape
     if height % factor or width % factor:
         raise ValueError(f"mask size {height}x{width} is not divisible by {factor}")
-    blocks = masks.reshape(*lead, height // factor, factor, width // factor, factor)
-    return blocks.any(axis=-1).any(axis=-2)
+    return masks.reshape(*lead, height // factor, factor, width // factor, factor)
+
+
+def latent_grid(masks: np.ndarray, factor: int = SPATIAL_COMPRESSION) -> np.ndarray:
+    """Any-coverage reduction (..., H, W) bool -> (..., H/factor, W/factor) bool."""
+    return _cell_blocks(masks, factor).any(axis=-1).any(axis=-2)
+
+
+def latent_coverage(masks: np.ndarray, factor: int = SPATIAL_COMPRESSION) -> np.ndarray:
+    """Covered fraction per latent cell: (..., H, W) bool -> (..., H/factor, W/factor) float32 in [0, 1]."""
+    return _cell_blocks(masks, factor).mean(axis=(-1, -3), dtype=np.float32)
 
 
 def temporal_average(x: np.ndarray, factor: int = TEMPORAL_COMPRESSION) -> np.ndarray:

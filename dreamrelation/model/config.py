@@ -328,7 +328,9 @@ class VaePretrainConfig(StrictConfig):
 class DitPretrainConfig(StrictConfig):
     """The transformer phase (issue 13 §2; METHOD.md §1 objective)."""
 
-    added_later: ClassVar[dict[str, Any]] = {"patch_size": 2, "noise_levels": "uniform", "subject_weight": 0.0}
+    added_later: ClassVar[dict[str, Any]] = {
+        "patch_size": 2, "noise_levels": "uniform", "subject_weight": 0.0, "subject_mask": "any"
+    }
 
     num_layers: int = Field(default=4, ge=1, description="MM-DiT blocks.")
     num_attention_heads: int = Field(default=4, ge=1, description="Attention heads.")
@@ -346,6 +348,13 @@ class DitPretrainConfig(StrictConfig):
         description="lambda of HMT's mask weighting (METHOD.md §3) in the pretraining loss: latent cells "
         "the subjects cover weigh 1 + lambda, the background 1. 0: the plain flow loss. The subjects "
         "carry about a sixth of the mask mass, so at 0 their shapes get a small share of the gradient.",
+    )
+    subject_mask: Literal["any", "fraction"] = Field(
+        default="any",
+        description="R for `subject_weight`: 'any' marks a latent cell the subjects touch at all (HMT's "
+        "any-coverage, METHOD.md §3), so the background pixels of a partly covered cell weigh as much "
+        "as the subject; 'fraction' weighs each cell by the share of its pixels the subjects cover. "
+        "Both are averaged over the T_c frames of a latent frame.",
     )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
     steps: int = Field(default=7500, ge=0, description="Optimizer steps.")

@@ -35,7 +35,7 @@ from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, Mochi
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from dreamrelation.data.masks import latent_masks
+from dreamrelation.data.masks import latent_coverage, latent_masks, temporal_average
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import (
     ALL_RELATIONS,
@@ -346,8 +346,9 @@ def training_clips(cfg: PretrainConfig) -> list[Any]:
 
 
 def subject_masks(cfg: PretrainConfig, captions: Sequence[str]) -> torch.Tensor:
-    """Latent relation masks R (N, f, h, w) of the DiT's training clips (METHOD.md §3: any-coverage
-    on the 8x grid, then causal averaging over T_c frames), from the renderer's masks.
+    """Latent relation masks R (N, f, h, w) of the DiT's training clips, from the renderer's masks:
+    any-coverage (METHOD.md §3) or the covered fraction (`dit.subject_mask`) of the subjects' union
+    on the 8x grid, then causal averaging over T_c frames.
 
     The clips are rendered again (a few ms each); `captions` are the encoded set's, and a clip
     whose caption differs means the set was encoded from other clips: an error, not a silent mismatch.
@@ -356,6 +357,8 @@ def subject_masks(cfg: PretrainConfig, captions: Sequence[str]) -> torch.Tensor:
     if [c.caption for c in clips] != list(captions):
         raise RuntimeError("the encoded DiT training set does not match this config's clips; "
                            "delete work/dit_data.pt to encode it again")
+    if cfg.dit.subject_mask == "fraction":
+        return torch.from_numpy(np.stack([temporal_average(latent_coverage(c.masks.any(axis=1))) for c in clips]))
     return torch.from_numpy(np.stack([latent_masks(c.masks)[:, 2] for c in clips]))
 
 
