@@ -377,15 +377,19 @@ def test_subject_masks_cover_exactly_the_cells_the_rendered_subjects_touch() -> 
 def test_subject_weight_weighs_the_subjects_cells_and_leaves_the_key_alone_at_zero(toy_base: Path, tmp_path: Path) -> None:
     from dreamrelation.model.pretrain import DitData, build_models, train_dit
 
-    assert "subject_weight" not in json.dumps(MICRO.key_dump()) and "subject_mask" not in json.dumps(MICRO.key_dump())
+    assert not {"subject_weight", "subject_mask", "subject_weight_max_noise"} & set(json.dumps(MICRO.key_dump()).split('"'))
     data = DitData(**torch.load(toy_base / "work/dit_data.pt"))
     first = {}
-    for weight in (0.0, 4.0):
-        cfg = MICRO.model_copy(update={"dit": MICRO.dit.model_copy(update={"steps": 1, "subject_weight": weight})})
-        transformer = build_models(cfg)[1]  # same seed: the same initial DiT for both
-        work = tmp_path / str(weight)
+    runs = {"plain": (0.0, 1.0), "weighted": (4.0, 1.0), "gated": (4.0, 1e-9)}
+    for name, (weight, max_noise) in runs.items():
+        dit = MICRO.dit.model_copy(update={"steps": 1, "subject_weight": weight, "subject_weight_max_noise": max_noise})
+        cfg = MICRO.model_copy(update={"dit": dit})
+        transformer = build_models(cfg)[1]  # same seed: the same initial DiT for all
+        work = tmp_path / name
         work.mkdir()
-        train_dit(transformer, data, cfg, work, on_step=lambda _s, loss: first.setdefault(weight, loss))
+        train_dit(transformer, data, cfg, work, on_step=lambda _s, loss: first.setdefault(name, loss))
     assert "subject_weight" in json.dumps(cfg.key_dump())
     # The same batch, noise and model; every weight is >= 1 and the subjects' cells weigh 5.
-    assert first[4.0] > first[0.0] > 0
+    assert first["weighted"] > first["plain"] > 0
+    # No sample's noise level is below 1e-9, so the gated weight leaves every cell at 1.
+    assert first["gated"] == first["plain"]

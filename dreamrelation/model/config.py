@@ -329,7 +329,8 @@ class DitPretrainConfig(StrictConfig):
     """The transformer phase (issue 13 §2; METHOD.md §1 objective)."""
 
     added_later: ClassVar[dict[str, Any]] = {
-        "patch_size": 2, "noise_levels": "uniform", "subject_weight": 0.0, "subject_mask": "any"
+        "patch_size": 2, "noise_levels": "uniform", "subject_weight": 0.0, "subject_mask": "any",
+        "subject_weight_max_noise": 1.0,
     }
 
     num_layers: int = Field(default=4, ge=1, description="MM-DiT blocks.")
@@ -355,6 +356,16 @@ class DitPretrainConfig(StrictConfig):
         "any-coverage, METHOD.md §3), so the background pixels of a partly covered cell weigh as much "
         "as the subject; 'fraction' weighs each cell by the share of its pixels the subjects cover. "
         "Both are averaged over the T_c frames of a latent frame.",
+    )
+    subject_weight_max_noise: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="`subject_weight` applies only to training samples whose noise level s is at most "
+        "this (1: every sample). A loss weight that depends on the clean clip tilts what the model "
+        "learns towards clips with more weighted cells (bigger subjects) wherever the noisy input "
+        "leaves the clip uncertain, that is at high s, where layout and size are decided; at low s "
+        "the input fixes the clip and the weight only shifts effort onto the subjects.",
     )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
     steps: int = Field(default=7500, ge=0, description="Optimizer steps.")

@@ -394,7 +394,8 @@ def train_dit(
     on_step: Callable[[int, float], None] | None = None,
 ) -> PhaseResult:
     """Phase 2: rectified flow (METHOD.md §1) with caption dropout on the fixed latent set, each
-    cell's squared error weighted by 1 + subject_weight * R (METHOD.md §3; 0: the plain loss).
+    cell's squared error weighted by 1 + subject_weight * R (METHOD.md §3; 0: the plain loss) in
+    the samples whose noise level s is at most `subject_weight_max_noise`, and by 1 in the others.
 
     Runs with the exact, faster joint attention of `model.joint_attention` (same numbers).
     """
@@ -418,8 +419,10 @@ def train_dit(
             encoder_attention_mask=masks,
             return_dict=False,
         )[0]
-        return masked_flow_loss(v_pred, flow_target(z0, eps), None if subjects is None else subjects[index],
-                                d.subject_weight)
+        weighted = None
+        if subjects is not None:  # R of the samples whose noise level is at most subject_weight_max_noise
+            weighted = subjects[index] * (s <= d.subject_weight_max_noise).float()[:, None, None, None]
+        return masked_flow_loss(v_pred, flow_target(z0, eps), weighted, d.subject_weight)
 
     with batched_joint_attention(transformer):
         return _run_phase("dit", transformer, d.steps, d.lr, d.warmup_steps, work / "dit.pt", d.checkpoint_every,
