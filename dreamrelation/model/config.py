@@ -365,7 +365,8 @@ class DitPretrainConfig(StrictConfig):
         "this (1: every sample). A loss weight that depends on the clean clip tilts what the model "
         "learns towards clips with more weighted cells (bigger subjects) wherever the noisy input "
         "leaves the clip uncertain, that is at high s, where layout and size are decided; at low s "
-        "the input fixes the clip and the weight only shifts effort onto the subjects.",
+        "the input fixes the clip and the weight only shifts effort onto the subjects (at 0.5 the "
+        "toy base read like the unweighted one, docs/study.md R12).",
     )
     clips: int = Field(default=1000, ge=1, description="World clips encoded once and trained on.")
     steps: int = Field(default=7500, ge=0, description="Optimizer steps.")
