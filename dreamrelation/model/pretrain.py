@@ -35,7 +35,7 @@ from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, Mochi
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from dreamrelation.data.masks import latent_coverage, latent_masks, temporal_average
+from dreamrelation.data.masks import latent_coverage, latent_grid, temporal_average
 from dreamrelation.data.previews import format_sig
 from dreamrelation.data.world import (
     ALL_RELATIONS,
@@ -357,9 +357,8 @@ def subject_masks(cfg: PretrainConfig, captions: Sequence[str]) -> torch.Tensor:
     if [c.caption for c in clips] != list(captions):
         raise RuntimeError("the encoded DiT training set does not match this config's clips; "
                            "delete work/dit_data.pt to encode it again")
-    if cfg.dit.subject_mask == "fraction":
-        return torch.from_numpy(np.stack([temporal_average(latent_coverage(c.masks.any(axis=1))) for c in clips]))
-    return torch.from_numpy(np.stack([latent_masks(c.masks)[:, 2] for c in clips]))
+    reduce = latent_coverage if cfg.dit.subject_mask == "fraction" else latent_grid
+    return torch.from_numpy(np.stack([temporal_average(reduce(c.masks.any(axis=1))) for c in clips]))
 
 
 def dit_data(
