@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamrelation.config import load_toy_config
+from dreamrelation.config import ConfigError, load_toy_config
 from dreamrelation.data.masks import latent_grid, temporal_average
 from dreamrelation.model.family import normalize_latents
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
@@ -64,15 +64,18 @@ def main() -> None:
     parser.add_argument("-c", "--config", required=True, help="the toy config the bases were trained from")
     parser.add_argument("--clips", type=int, default=192, help="clips per set")
     args = parser.parse_args()
+    missing = [str(b) for b in args.bases if not (b / "work" / "dit_data.pt").is_file() or not (b / "model").is_dir()]
+    if missing:
+        sys.exit(f"not a finished toy base folder (needs model/ and work/dit_data.pt): {', '.join(missing)}")
+    try:
+        cfg = load_toy_config(args.config).pretrain
+    except ConfigError as exc:
+        sys.exit(str(exc))
     torch.set_num_threads(2)
-    cfg = load_toy_config(args.config).pretrain
     fresh = render_set(cfg, args.clips, cfg.seen_relations, phase=FRESH_PHASE)
     train = training_clips(cfg)[: args.clips]
     for base in args.bases:
-        data_file = base / "work" / "dit_data.pt"
-        if not data_file.is_file():
-            sys.exit(f"{base}: no work/dit_data.pt (not a finished toy base folder?)")
-        data = torch.load(data_file, weights_only=False)
+        data = torch.load(base / "work" / "dit_data.pt", weights_only=False)
         if data["captions"][: args.clips] != [c.caption for c in train]:
             sys.exit(f"{base}: its training set is not {args.config}'s clips")
         pipe = MOCHI.load_pipeline(str(base / "model"))
