@@ -22,20 +22,14 @@ import numpy as np
 import torch
 
 from dreamrelation.config import ConfigError, load_toy_config
-from dreamrelation.data.masks import latent_grid, temporal_average
 from dreamrelation.model.family import normalize_latents
 from dreamrelation.model.joint_attention import batched_joint_attention, trim_text_padding
 from dreamrelation.model.mochi import MOCHI, encode_text, flow_target, timestep_from_noise_level
-from dreamrelation.model.pretrain import encode_clips, render_set, training_clips
+from dreamrelation.model.pretrain import clip_relation_masks, encode_clips, render_set, training_clips
 from dreamrelation.model.train import add_noise
 
 NOISE_LEVELS = (0.2, 0.4, 0.6, 0.8, 0.95)
 FRESH_PHASE = 77  # a render_set phase no pretraining phase uses (they use 1-5)
-
-
-def relation_masks(clips: list) -> torch.Tensor:
-    """R (N, f, h, w) of rendered clips: any-coverage of the subjects' union, T_c-averaged."""
-    return torch.from_numpy(np.stack([temporal_average(latent_grid(c.masks.any(axis=1))) for c in clips]))
 
 
 @torch.no_grad()
@@ -84,15 +78,16 @@ def main() -> None:
             fresh_embeds, fresh_masks = encode_text(pipe.tokenizer, pipe.text_encoder, [c.caption for c in fresh])
         sets = {
             "train": (data["latents"][: args.clips], data["embeds"][: args.clips], data["masks"][: args.clips],
-                      relation_masks(train)),
-            "fresh": (fresh_latents, fresh_embeds, fresh_masks, relation_masks(fresh)),
+                      clip_relation_masks(train)),
+            "fresh": (fresh_latents, fresh_embeds, fresh_masks, clip_relation_masks(fresh)),
         }
         print(f"\n{base.name}: flow loss, all cells / subjects' cells")
         print("| s | train | fresh |\n|---|---|---|")
         fresh_subjects = []
-        with batched_joint_attention(pipe.transformer):
+        transformer = pipe.transformer.eval()
+        with batched_joint_attention(transformer):
             for s_value in NOISE_LEVELS:
-                row = {name: losses(pipe.transformer.eval(), *tensors, s_value) for name, tensors in sets.items()}
+                row = {name: losses(transformer, *tensors, s_value) for name, tensors in sets.items()}
                 fresh_subjects.append(row["fresh"][1])
                 print(f"| {s_value} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in row.values()) + " |", flush=True)
         print(f"mean fresh subjects' loss over s: {np.mean(fresh_subjects):.3f}")

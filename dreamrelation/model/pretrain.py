@@ -345,10 +345,16 @@ def training_clips(cfg: PretrainConfig) -> list[Any]:
     return render_set(cfg, cfg.dit.clips, cfg.seen_relations, phase=5)
 
 
+def clip_relation_masks(clips: Sequence[Any], kind: str = "any") -> torch.Tensor:
+    """Latent relation masks R (N, f, h, w) of rendered world clips: any-coverage (METHOD.md §3) or
+    the covered fraction (`kind="fraction"`) of the subjects' union on the 8x grid, then causal
+    averaging over T_c frames."""
+    reduce = latent_coverage if kind == "fraction" else latent_grid
+    return torch.from_numpy(np.stack([temporal_average(reduce(c.masks.any(axis=1))) for c in clips]))
+
+
 def subject_masks(cfg: PretrainConfig, captions: Sequence[str]) -> torch.Tensor:
-    """Latent relation masks R (N, f, h, w) of the DiT's training clips, from the renderer's masks:
-    any-coverage (METHOD.md §3) or the covered fraction (`dit.subject_mask`) of the subjects' union
-    on the 8x grid, then causal averaging over T_c frames.
+    """`clip_relation_masks` of the DiT's training clips, of the kind `dit.subject_mask` names.
 
     The clips are rendered again (a few ms each); `captions` are the encoded set's, and a clip
     whose caption differs means the set was encoded from other clips: an error, not a silent mismatch.
@@ -357,8 +363,7 @@ def subject_masks(cfg: PretrainConfig, captions: Sequence[str]) -> torch.Tensor:
     if [c.caption for c in clips] != list(captions):
         raise RuntimeError("the encoded DiT training set does not match this config's clips; "
                            "delete work/dit_data.pt to encode it again")
-    reduce = latent_coverage if cfg.dit.subject_mask == "fraction" else latent_grid
-    return torch.from_numpy(np.stack([temporal_average(reduce(c.masks.any(axis=1))) for c in clips]))
+    return clip_relation_masks(clips, cfg.dit.subject_mask)
 
 
 def dit_data(
