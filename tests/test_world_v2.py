@@ -10,6 +10,7 @@ from dreamrelation.data.world import (
     BODIES,
     LOOM_GROWTH,
     SCENE_BAND,
+    SCALES,
     SCENES,
     ClipSpec,
     SubjectSpec,
@@ -21,7 +22,15 @@ from dreamrelation.data.world import (
     sample_specs,
     world_v2,
 )
-from dreamrelation.perception.judge import default_params, fit_judge, judge_video, load_params
+from dreamrelation.perception.judge import (
+    default_params,
+    fit_judge,
+    judge_video,
+    load_params,
+    scale_boundary,
+    subject_scale,
+)
+from dreamrelation.perception.linear import Linear
 
 WORLD = world_v2()
 
@@ -147,3 +156,36 @@ def test_judge_v2_parameters_are_current_and_separate_from_v1() -> None:
     assert load_params().scene_model is None and default_params().world_version == 1
     tiny = fit_judge(world_v2(relations=["approach", "loom"]), clips_per_relation=3, seed=5, degraded=False)
     assert tiny.world_version == 2 and tiny.scale_model.labels == ["small", "big"]
+
+
+def _two_squares(dark_side: int, light_side: int, frames: int = 12, height: int = 64, width: int = 96) -> np.ndarray:
+    """A plain grey clip with a dark and a light solid square, far apart and still."""
+    video = np.full((frames, height, width, 3), 128, np.uint8)
+    video[:, 10 : 10 + dark_side, 6 : 6 + dark_side] = 40
+    video[:, 20 : 20 + light_side, 60 : 60 + light_side] = 220
+    return video
+
+
+def test_subject_scale_is_the_smaller_subjects_root_area_in_frame_heights() -> None:
+    """Solid squares: the smaller one's side over the frame height, whichever sign it has."""
+    assert subject_scale(_two_squares(12, 20)) == pytest.approx(12 / 64)
+    assert subject_scale(_two_squares(24, 16)) == pytest.approx(16 / 64)
+    assert subject_scale(np.full((12, 64, 96, 3), 128, np.uint8)) is None
+
+
+def test_scale_boundary_is_where_the_two_classes_tie() -> None:
+    # logits: small -x + 0.5, big x - 0.5 with x = log(size): they tie at x = 0.5
+    model = Linear(labels=["small", "big"], mean=[0.0], scale=[1.0], weights=[[-1.0, 1.0]], bias=[0.5, -0.5])
+    assert scale_boundary(model) == pytest.approx(np.exp(0.5))
+    shipped = default_params(2).scale_model
+    edge = scale_boundary(shipped)
+    small_side, big_side = (min(SCALES[name]) for name in ("small", "big"))
+    assert 0.5 * small_side < edge < big_side  # a root area lies below the glyph's extent
+    for factor, label in ((0.98, "small"), (1.02, "big")):
+        probabilities = shipped.probabilities(np.array([np.log(edge * factor)]))[0]
+        assert shipped.labels[int(np.argmax(probabilities))] == label
+    backwards = model.model_copy(update={"weights": [[1.0, -1.0]]})
+    with pytest.raises(ValueError, match="must grow with the size"):
+        scale_boundary(backwards)
+    with pytest.raises(ValueError, match="one feature and two classes"):
+        scale_boundary(model.model_copy(update={"weights": [[-1.0, 0.0, 1.0]]}))

@@ -553,6 +553,31 @@ def judge_video(frames: np.ndarray, params: JudgeParams | None = None) -> Judgem
                      tuple(subjects), confidence, scene, scale, relation_x)
 
 
+def subject_scale(frames: np.ndarray) -> float | None:
+    """The size world v2's scale classifier reads, in frame heights (the exp of `scale_feature`).
+
+    It is the smaller subject's median sqrt(mask area) over the frames where the subjects do not
+    touch. Returns None when no subject is found.
+    """
+    x = _features(frames, 2).scale
+    return None if x is None else float(np.exp(x[0]))
+
+
+def scale_boundary(model: Linear) -> float:
+    """The `subject_scale` at which a two-class scale classifier ties.
+
+    Smaller sizes read as its first label and larger ones as its second. The logits are
+    (x - mean) / scale * w_j + b_j with x = log(size), so the tie is at
+    x = mean + scale (b_0 - b_1) / (w_1 - w_0).
+    """
+    w, b = np.asarray(model.weights, float), np.asarray(model.bias, float)
+    if w.shape != (1, 2):
+        raise ValueError(f"a scale classifier has one feature and two classes; this one has weights {w.shape}")
+    if w[0, 1] <= w[0, 0]:
+        raise ValueError(f"the scale classifier's second class ({model.labels[1]}) must grow with the size")
+    return float(np.exp(model.mean[0] + model.scale[0] * (b[0] - b[1]) / (w[0, 1] - w[0, 0])))
+
+
 def fit_judge(config: WorldConfig | None = None, clips_per_relation: int = 60, seed: int = 0,
               degraded: bool = True) -> JudgeParams:
     """Fit both classifiers on freshly rendered ground-truth clips (plus a degraded copy of each).
