@@ -8,8 +8,8 @@ subject's root mask area, in frame heights) of:
 - the empty prompt. That is the unconditional branch alone, the same at every guidance.
 
 Each row gives the median and quartiles, the share the judge reads as big, and the share in the
-gap that no clean clip occupies (above the clean small clips' 95th percentile and below the
-clean big clips' 5th). A base that draws an unnamed size from its prior puts those videos where
+gap between the clean sizes (above the clean small clips' 95th percentile and below the clean
+big clips' 5th: only the clean clips' tails reach into it). A base that draws an unnamed size from its prior puts those videos where
 its named ones go. A base that averages the two sizes fills the gap, and then the share read as
 big only says on which side of the judge's boundary the average falls.
 
