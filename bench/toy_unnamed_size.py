@@ -9,9 +9,10 @@ subject's root mask area, in frame heights) of:
 
 Each row gives the median and quartiles, the share the judge reads as big, and the share in the
 gap between the clean sizes (above the clean small clips' 95th percentile and below the clean
-big clips' 5th: only the clean clips' tails reach into it). A base that draws an unnamed size from its prior puts those videos where
-its named ones go. A base that averages the two sizes fills the gap, and then the share read as
-big only says on which side of the judge's boundary the average falls.
+big clips' 5th: only the clean clips' tails reach into it). A base that draws an unnamed size
+from its prior puts those videos where its named ones go. A base that averages the two sizes
+fills the gap, and then the share read as big only says on which side of the judge's boundary
+the average falls.
 
 Prompts: seen relations, `--prompts` unnamed and half as many of each named size. Sampling seed
 9000 + i and the gates' 32 steps. Not run in CI; about 1 s per video on 2 cores.
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from dreamrelation.config import ConfigError, load_toy_config
-from dreamrelation.data.world import caption, render_clip, sample_specs
+from dreamrelation.data.world import NAMEABLE, caption, render_clip, sample_specs
 from dreamrelation.model.mochi import MOCHI
 from dreamrelation.model.sample import generate
 from dreamrelation.perception.judge import default_params, scale_boundary, subject_scale
@@ -95,10 +96,9 @@ def main() -> None:
         return [subject_scale(generate(pipe, p, sample.model_copy(update={"seed": SAMPLE_SEED + i, "guidance": guidance})))
                 for i, p in enumerate(prompts)]
 
-    every = ("scene", "body", "scale")
     for guidance in args.guidance:
         for name, group in specs.items():
-            prompts = [caption(s.model_copy(update={"named": every}), world) for s in group]
+            prompts = [caption(s.model_copy(update={"named": NAMEABLE}), world) for s in group]
             print(row(f"named {name}, guidance {guidance:g}", sizes_of(prompts, guidance), boundary, gap), flush=True)
         prompts = [caption(s, world) for s in unnamed]
         print(row(f"unnamed, guidance {guidance:g}", sizes_of(prompts, guidance), boundary, gap), flush=True)
